@@ -1,0 +1,149 @@
+"""Trainable-parameter accounting: exact counts by group, the budget check, and nearby configs that fit.
+
+Counts come from the real peft-wrapped model (built on the meta device when only a count is
+needed), so they are exactly what training will optimise.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+from peft.tuners.tuners_utils import check_target_module_exists
+
+from .config import ModelConfig
+from .errors import BudgetError
+from .labels import LabelMap
+from .model import BuiltModel, build_model, lora_config
+
+_LAYER = re.compile(r"\.layers?\.(\d+)\.")
+
+
+@dataclass
+class Breakdown:
+    """Trainable parameters by group (``lora: attention.self.query``, ``head: classifier``, ``fresh: …``)."""
+
+    groups: "OrderedDict[str, int]"
+    budget: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.groups.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.budget
+
+    def as_dict(self) -> dict:
+        return {"groups": dict(self.groups), "total": self.total, "budget": self.budget, "fits": self.fits}
+
+    def table(self) -> str:
+        width = max(len(g) for g in self.groups) if self.groups else 10
+        lines = [f"{'group':<{width}}  {'params':>11}"]
+        lines += [f"{g:<{width}}  {n:>11,}" for g, n in self.groups.items()]
+        lines.append(f"{'total trainable':<{width}}  {self.total:>11,}")
+        verdict = "fits" if self.fits else "OVER"
+        lines.append(f"{'budget':<{width}}  {self.budget:>11,}  ({verdict}: {self.total / self.budget:.1%} of budget)")
+        return "\n".join(lines)
+
+
+def trainable_breakdown(built: BuiltModel, budget: int) -> Breakdown:
+    """Group the model's trainable parameters by LoRA module type, head, and fresh modules."""
+    groups: "OrderedDict[str, int]" = OrderedDict()
+    for name, param in built.model.named_parameters():
+        if not param.requires_grad:
+            continue
+        groups.setdefault(_group_of(name, built), 0)
+        groups[_group_of(name, built)] += param.numel()
+    ordered = OrderedDict(sorted(groups.items(), key=lambda kv: (not kv[0].startswith("lora"), kv[0])))
+    return Breakdown(groups=ordered, budget=budget)
+
+
+def _group_of(name: str, built: BuiltModel) -> str:
+    if ".lora_" in name:
+        module = name.split(".lora_")[0]
+        match = _LAYER.search(module + ".")
+        return "lora: " + (module[match.end():] if match else module.rsplit(".", 1)[-1])
+    path = name.replace("base_model.model.", "", 1).replace(".modules_to_save.default", "")
+    for head in built.head_modules:
+        if path.startswith(head + "."):
+            return f"head: {head}"
+    for fresh in built.fresh_modules:
+        if path.startswith(fresh + "."):
+            return f"fresh: {fresh}"
+    return f"other: {path.rsplit('.', 1)[0]}"
+
+
+def count_model(cfg: ModelConfig, label_map: Optional[LabelMap] = None, num_labels: int = 2,
+                pretrained: bool = False) -> tuple[Breakdown, BuiltModel]:
+    """Exact trainable counts; ``pretrained=False`` builds on the meta device (no weights read)."""
+    built = build_model(cfg, label_map, pretrained=pretrained, num_labels=num_labels)
+    return trainable_breakdown(built, cfg.max_trainable_params), built
+
+
+def lora_params_for(base: torch.nn.Module, cfg: ModelConfig) -> int:
+    """LoRA parameters that ``cfg`` would add to ``base``: r * (in + out) per matched Linear.
+
+    ``base`` may already carry LoRA layers: those wrap the Linear as ``base_layer``.
+    """
+    config = lora_config(cfg, [])
+    total = 0
+    for name, module in base.named_modules():
+        linear = getattr(module, "base_layer", module)
+        if isinstance(linear, torch.nn.Linear) and not name.endswith("base_layer") \
+                and check_target_module_exists(config, name):
+            total += cfg.lora_r * (linear.in_features + linear.out_features)
+    return total
+
+
+def nearest_fits(cfg: ModelConfig, built: BuiltModel, non_lora: int, limit: int = 5) -> list[tuple[ModelConfig, int]]:
+    """Configurations one change away from ``cfg`` (lower rank, fewer layers, fewer modules) that fit.
+
+    Returns up to ``limit`` (config, total trainable) pairs, the largest first.
+    """
+    base = built.model.get_base_model()
+    num_layers = getattr(base.config, "num_hidden_layers", 12)
+    candidates: list[ModelConfig] = []
+    for r in (32, 16, 8, 4, 2, 1):
+        if r < cfg.lora_r:
+            candidates.append(replace(cfg, lora_r=r))
+    current = cfg.layer_indices() or list(range(num_layers))
+    for keep in range(len(current) - 1, 0, -1):
+        candidates.append(replace(cfg, layers=f"{current[-keep]}-{current[-1]}"))
+    targets = list(cfg.target_modules)
+    if len(targets) > 1:
+        for dropped in targets:
+            candidates.append(replace(cfg, target_modules=[t for t in targets if t != dropped]))
+    fits = []
+    for candidate in candidates:
+        total = non_lora + lora_params_for(base, candidate)
+        if total <= cfg.max_trainable_params:
+            fits.append((candidate, total))
+    fits.sort(key=lambda item: -item[1])
+    return fits[:limit]
+
+
+def describe_lora(cfg: ModelConfig) -> str:
+    layers = cfg.layers if cfg.layers is not None else "all"
+    return f"r={cfg.lora_r} on {'/'.join(cfg.target_modules)} of layers {layers}"
+
+
+def enforce_budget(cfg: ModelConfig, breakdown: Breakdown, built: BuiltModel) -> None:
+    """Refuse a configuration over budget, with the breakdown and the nearest configurations that fit."""
+    if breakdown.fits:
+        return
+    non_lora = sum(n for g, n in breakdown.groups.items() if not g.startswith("lora"))
+    suggestions = nearest_fits(cfg, built, non_lora)
+    lines = [f"{describe_lora(cfg)} has {breakdown.total:,} trainable parameters, over the budget of "
+             f"{cfg.max_trainable_params:,} (model.max_trainable_params).", breakdown.table()]
+    if suggestions:
+        lines.append("Nearest configurations that fit:")
+        lines += [f"  {describe_lora(c)}: {n:,}   (model.lora_r={c.lora_r} model.layers={c.layers} "
+                  f"model.target_modules=[{','.join(c.target_modules)}])" for c, n in suggestions]
+    else:
+        lines.append("No configuration one change away fits: the head alone may exceed the budget; raise "
+                     "model.max_trainable_params or use a smaller model.")
+    raise BudgetError("\n".join(lines))

@@ -1,0 +1,274 @@
+"""Run configuration: a few small frozen dataclasses, merged as defaults < YAML file < overrides.
+
+OmegaConf does the merging and the type checks (an unknown key or a value of the wrong type is
+an error that names the key); ``__post_init__`` checks ranges and allowed values.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def _one_of(value: str, key: str, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, key, f"got {value!r}, allowed values are {', '.join(allowed)}")
+
+
+def parse_layer_range(spec: str, key: str) -> list[int]:
+    """Turn ``"8-11"`` or ``"3"`` into ``[8, 9, 10, 11]`` / ``[3]``."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(spec))
+    _require(match is not None, key, f"layer range {spec!r} is not of the form 'A-B' or 'A'")
+    start, end = int(match.group(1)), int(match.group(2) or match.group(1))
+    _require(start <= end, key, f"layer range {spec!r} runs backwards")
+    return list(range(start, end + 1))
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where one split's rows come from and how to read them."""
+
+    path: str = ""
+    """A local file (.csv, .tsv, .jsonl, .json, .parquet, .pkl) or a hub dataset name such as ``ag_news``."""
+    split: Optional[str] = None
+    """Split to take from a hub dataset (``train``/``test``); ignored for files."""
+    column_names: Optional[List[str]] = None
+    """Names for the columns of a CSV without a header row (AG News: ``[label, title, description]``)."""
+    text_columns: List[str] = field(default_factory=lambda: ["text"])
+    """Columns joined with a space to make the text (AG News: ``[title, description]``)."""
+    label_column: str = "label"
+    """Column holding the label (int ids, 0- or 1-based, or strings)."""
+
+    def __post_init__(self):
+        _require(len(self.text_columns) > 0, "text_columns", "name at least one column")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training data, validation split and cleaning."""
+
+    train: DataSource = field(default_factory=DataSource)
+    """Training rows."""
+    validation: Optional[DataSource] = None
+    """Separate validation rows; when null a stratified split is carved from ``train``."""
+    test: Optional[DataSource] = None
+    """Optional held-out rows evaluated once with the best model at the end of training."""
+    validation_size: float = 0.05
+    """Carved validation split: a fraction (< 1) or a row count (>= 1); stratified and seeded."""
+    min_words: Optional[int] = None
+    """Length filter on training rows only: drop texts with fewer words (S1 uses 20)."""
+    max_words: Optional[int] = None
+    """Length filter on training rows only: drop texts with more words (S1 uses 70)."""
+    max_train_rows: Optional[int] = None
+    """Use only the first N training rows after a seeded stratified subsample (quick runs)."""
+    label_names: Optional[List[str]] = None
+    """Class names in id order; default: the sorted string labels, or ``class_0..`` for int labels."""
+    label_base: str = "auto"
+    """For int labels: ``auto`` (1-based when 0 is absent and the max equals the class count), ``0`` or ``1``."""
+    clean_backslashes: bool = True
+    """Replace AG News' ``\\`` line-break escapes with spaces (applied at train and predict time alike)."""
+
+    def __post_init__(self):
+        _one_of(self.label_base, "data.label_base", ("auto", "0", "1"))
+        _require(self.validation_size > 0, "data.validation_size", "must be > 0 (fraction < 1 or row count)")
+        for key in ("min_words", "max_words", "max_train_rows"):
+            value = getattr(self, key)
+            _require(value is None or value >= 0, f"data.{key}", "must be >= 0 or null")
+        if self.min_words is not None and self.max_words is not None:
+            _require(self.min_words <= self.max_words, "data.min_words", "must be <= data.max_words")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The encoder and its LoRA adapter."""
+
+    name_or_path: str = "roberta-base"
+    """Hub id or local folder of any ``AutoModelForSequenceClassification`` encoder."""
+    max_length: int = 128
+    """Tokens per text after truncation (truncated texts are counted and reported)."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    lora_dropout: float = 0.1
+    """Dropout on the LoRA input."""
+    target_modules: List[str] = field(default_factory=lambda: ["query", "value"])
+    """Module names that get LoRA (roberta/bert: query, key, value, attention.output.dense, intermediate.dense, output.dense)."""
+    layers: Optional[str] = None
+    """Encoder layers that get LoRA, e.g. ``"8-11"``; null means all layers."""
+    max_trainable_params: int = 1_000_000
+    """Budget enforced before training: more trainable parameters than this is refused."""
+
+    def __post_init__(self):
+        _require(self.lora_r >= 1, "model.lora_r", "must be >= 1")
+        _require(self.lora_alpha > 0, "model.lora_alpha", "must be > 0")
+        _require(0 <= self.lora_dropout < 1, "model.lora_dropout", "must be in [0, 1)")
+        _require(8 <= self.max_length <= 8192, "model.max_length", "must be between 8 and 8192")
+        _require(len(self.target_modules) > 0, "model.target_modules", "name at least one module")
+        _require(self.max_trainable_params > 0, "model.max_trainable_params", "must be > 0")
+        if self.layers is not None:
+            parse_layer_range(self.layers, "model.layers")
+
+    def layer_indices(self) -> Optional[list[int]]:
+        return None if self.layers is None else parse_layer_range(self.layers, "model.layers")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer, learning rates and schedule."""
+
+    name: str = "adamw"
+    """``adamw``, ``rmsprop`` or ``sgd``."""
+    lr: float = 1e-4
+    """Learning rate of every trainable parameter not covered by ``layer_lrs`` / ``head_lr``."""
+    weight_decay: float = 0.0
+    """Decoupled (AdamW) or L2 (RMSprop, SGD) weight decay; never applied to biases and LayerNorms."""
+    momentum: float = 0.0
+    """Momentum for RMSprop and SGD."""
+    layer_lrs: Dict[str, float] = field(default_factory=dict)
+    """Layer-wise learning rates: ``{"0-3": 1e-5, "4-7": 3e-4, "8-11": 5e-4}``."""
+    head_lr: Optional[float] = None
+    """Learning rate of the classification head (and other modules_to_save); default ``lr``."""
+    scheduler: str = "linear"
+    """``linear``, ``cosine`` or ``constant`` (all with warm-up)."""
+    warmup_ratio: float = 0.0
+    """Warm-up as a fraction of all optimizer steps (ignored when ``warmup_steps`` > 0)."""
+    warmup_steps: int = 0
+    """Warm-up in optimizer steps."""
+    max_grad_norm: Optional[float] = None
+    """Clip the gradient norm to this value; null disables clipping."""
+
+    def __post_init__(self):
+        _one_of(self.name, "optim.name", ("adamw", "rmsprop", "sgd"))
+        _one_of(self.scheduler, "optim.scheduler", ("linear", "cosine", "constant"))
+        _require(self.lr > 0, "optim.lr", "must be > 0")
+        _require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _require(0 <= self.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        _require(self.max_grad_norm is None or self.max_grad_norm > 0, "optim.max_grad_norm", "must be > 0 or null")
+        for spec, lr in self.layer_lrs.items():
+            parse_layer_range(spec, f"optim.layer_lrs.{spec}")
+            _require(lr >= 0, f"optim.layer_lrs.{spec}", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop: batches, precision, evaluation, checkpoints."""
+
+    epochs: float = 3
+    """Passes over the training rows (fractions allowed, e.g. 0.5)."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps (overrides ``epochs``)."""
+    batch_size: int = 32
+    """Rows per forward pass on each device."""
+    grad_accum: int = 1
+    """Forward passes per optimizer step."""
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing."""
+    mixed_precision: str = "auto"
+    """``auto`` (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU), ``bf16``, ``fp16`` or ``no``."""
+    device: str = "auto"
+    """``auto`` (CUDA, then MPS, then CPU), ``cuda``, ``mps`` or ``cpu``."""
+    eval_every_steps: Optional[int] = None
+    """Evaluate every N optimizer steps; null evaluates at the end of every epoch."""
+    log_every_steps: int = 20
+    """Write a training line to metrics.jsonl every N optimizer steps."""
+    metric_for_best: str = "accuracy"
+    """Validation metric that picks the best model: ``accuracy``, ``macro_f1`` or ``loss``."""
+    patience: Optional[int] = None
+    """Early stopping: stop after this many evaluations without improvement; null disables it."""
+    keep_last: int = 2
+    """Checkpoints kept on disk (the best one is always kept as well)."""
+    seed: int = 42
+    """Seeds the split, data order, initialisation and dropout."""
+    output_dir: str = "runs"
+    """Parent folder of run folders."""
+    run_name: Optional[str] = None
+    """Run folder name; default: config file name plus a timestamp."""
+    quiet: bool = False
+    """No progress bars (log lines only), for batch jobs."""
+    num_threads: Optional[int] = None
+    """CPU threads for torch; null keeps torch's default."""
+
+    def __post_init__(self):
+        _require(self.epochs > 0, "train.epochs", "must be > 0")
+        _require(self.max_steps is None or self.max_steps > 0, "train.max_steps", "must be > 0 or null")
+        _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        _require(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
+        _one_of(self.mixed_precision, "train.mixed_precision", ("auto", "bf16", "fp16", "no"))
+        _one_of(self.device, "train.device", ("auto", "cuda", "mps", "cpu"))
+        _one_of(self.metric_for_best, "train.metric_for_best", ("accuracy", "macro_f1", "loss"))
+        _require(self.eval_every_steps is None or self.eval_every_steps > 0, "train.eval_every_steps", "must be > 0 or null")
+        _require(self.log_every_steps > 0, "train.log_every_steps", "must be > 0")
+        _require(self.patience is None or self.patience > 0, "train.patience", "must be > 0 or null")
+        _require(self.keep_last >= 1, "train.keep_last", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs; saved resolved as ``config.yaml`` in the run folder."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] = ()) -> RunConfig:
+    """Merge defaults < YAML file < ``key=value`` overrides into a validated :class:`RunConfig`.
+
+    Relative data and model paths in the YAML file are kept as written: they are resolved
+    against the current directory, like every path given on the command line.
+    """
+    schema = OmegaConf.structured(RunConfig)
+    layers = [schema]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as exc:  # yaml errors come in several types
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.epochs=2)")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError(f"invalid configuration{where}: {_omegaconf_message(exc)}") from None
+
+
+def _omegaconf_message(exc: OmegaConfBaseException) -> str:
+    # OmegaConf appends a multi-line "full_key/object_type" trailer; the first line says it all.
+    text = str(exc).strip().splitlines()[0]
+    key = getattr(exc, "full_key", None)
+    return f"key '{key}': {text}" if key else text
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def config_from_yaml_file(path: Path) -> RunConfig:
+    """Read a run folder's resolved ``config.yaml`` back (no overrides)."""
+    return load_config(path)
+
+
+def config_as_dict(config: RunConfig) -> dict:
+    return asdict(config)

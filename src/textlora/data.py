@@ -1,0 +1,201 @@
+"""Data stage: rows -> (texts, class ids), the validation split, the length filter, and a report.
+
+Everything that is dropped or changed is counted in the returned report and printed, never silent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from .config import DataConfig, DataSource
+from .errors import DataError
+from .labels import LabelMap, build_label_map
+from .readers import read_table
+
+
+@dataclass
+class Split:
+    """Texts and their class ids (``labels`` is None for unlabelled input)."""
+
+    texts: list[str]
+    labels: Optional[list[int]] = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class TrainingData:
+    train: Split
+    validation: Split
+    label_map: LabelMap
+    report: dict = field(default_factory=dict)
+    test: Optional[Split] = None
+
+
+def extract_texts(frame: pd.DataFrame, text_columns: list[str], where: str, clean_backslashes: bool) -> list[str]:
+    """Join ``text_columns`` with a space (blank and NaN cells are skipped) into one text per row.
+
+    Raises:
+        DataError: a text column is missing (the message lists the columns that exist).
+    """
+    missing = [c for c in text_columns if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{where}: text column(s) {missing} not found; the data has columns {list(map(str, frame.columns))}. "
+            "Set text_columns (and column_names for a CSV without a header)"
+        )
+    parts = [frame[c].map(_cell_text) for c in text_columns]
+    texts = parts[0] if len(parts) == 1 else pd.Series([" ".join(p for p in row if p) for row in zip(*parts)])
+    if clean_backslashes:
+        # AG News marks line breaks with a lone backslash ("dwindling\band"); a space is what was meant.
+        texts = texts.str.replace("\\", " ", regex=False)
+    return [" ".join(t.split()) for t in texts]
+
+
+def _cell_text(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def label_column(frame: pd.DataFrame, source: DataSource, where: str) -> list:
+    if source.label_column not in frame.columns:
+        raise DataError(
+            f"{where}: label column {source.label_column!r} not found; the data has columns "
+            f"{list(map(str, frame.columns))}. Set label_column (and column_names for a CSV without a header)"
+        )
+    return frame[source.label_column].tolist()
+
+
+def word_counts(texts: list[str]) -> np.ndarray:
+    return np.fromiter((len(t.split()) for t in texts), dtype=np.int64, count=len(texts))
+
+
+def _drop_empty(texts: list[str], raw_labels: list, where: str, report: dict) -> tuple[list[str], list]:
+    keep = [i for i, t in enumerate(texts) if t]
+    dropped = len(texts) - len(keep)
+    report[f"{where}_empty_texts_dropped"] = dropped
+    if dropped:
+        print(f"[data] {where}: dropped {dropped} row(s) whose text is empty or blank")
+    if not keep:
+        raise DataError(f"{where}: every text is empty; check text_columns")
+    return [texts[i] for i in keep], [raw_labels[i] for i in keep]
+
+
+def _load_labelled(source: DataSource, where: str, cfg: DataConfig, report: dict) -> tuple[list[str], list, pd.DataFrame]:
+    frame = read_table(source.path, source.column_names, source.split)
+    texts = extract_texts(frame, list(source.text_columns), where, cfg.clean_backslashes)
+    raw = label_column(frame, source, where)
+    report[f"{where}_rows_read"] = len(texts)
+    texts, raw = _drop_empty(texts, raw, where, report)
+    return texts, raw, frame
+
+
+def prepare_training_data(cfg: DataConfig, seed: int) -> TrainingData:
+    """Read train (+ validation, + test), map labels, carve the validation split, filter by length.
+
+    Returns:
+        TrainingData whose ``report`` counts rows read, dropped, filtered and per class.
+    """
+    report: dict = {}
+    texts, raw, frame = _load_labelled(cfg.train, "train", cfg, report)
+    names = cfg.label_names or frame.attrs.get("label_names")
+    label_map = build_label_map(raw, f"train data {cfg.train.path}", names, cfg.label_base)
+    labels = label_map.encode(raw, f"train data {cfg.train.path}")
+    print(f"[data] {label_map.describe()}")
+
+    if cfg.max_train_rows is not None and cfg.max_train_rows < len(texts):
+        texts, labels = _stratified_take(texts, labels, cfg.max_train_rows, seed)
+        report["train_rows_subsampled_to"] = len(texts)
+
+    if cfg.validation is not None:
+        val_texts, val_raw, _ = _load_labelled(cfg.validation, "validation", cfg, report)
+        validation = Split(val_texts, label_map.encode(val_raw, f"validation data {cfg.validation.path}"))
+        train = Split(texts, labels)
+    else:
+        train, validation = _carve_validation(texts, labels, cfg.validation_size, seed)
+    report["validation_rows"] = len(validation)
+
+    train = _length_filter(train, cfg, report)
+    if len(set(train.labels)) < 2:
+        raise DataError("after the length filter the training data has one class left; widen data.min_words/max_words")
+    report["train_rows"] = len(train)
+    report["train_class_counts"] = {label_map.names[i]: int(n) for i, n in enumerate(np.bincount(train.labels, minlength=label_map.num_labels))}
+    lengths = word_counts(train.texts)
+    report["train_words"] = {"median": float(np.median(lengths)), "p95": float(np.percentile(lengths, 95)),
+                             "min": int(lengths.min()), "max": int(lengths.max())}
+
+    test = None
+    if cfg.test is not None:
+        test_texts, test_raw, _ = _load_labelled(cfg.test, "test", cfg, report)
+        test = Split(test_texts, label_map.encode(test_raw, f"test data {cfg.test.path}"))
+    return TrainingData(train=train, validation=validation, label_map=label_map, report=report, test=test)
+
+
+def _stratified_take(texts, labels, count, seed):
+    idx = np.arange(len(texts))
+    taken, _ = train_test_split(idx, train_size=count, stratify=labels, random_state=seed)
+    taken = np.sort(taken)
+    return [texts[i] for i in taken], [labels[i] for i in taken]
+
+
+def _carve_validation(texts, labels, size: float, seed: int) -> tuple[Split, Split]:
+    count = int(size) if size >= 1 else size
+    if isinstance(count, int) and count >= len(texts):
+        raise DataError(f"data.validation_size={count} leaves no training rows (only {len(texts)} rows)")
+    idx = np.arange(len(texts))
+    try:
+        train_idx, val_idx = train_test_split(idx, test_size=count, stratify=labels, random_state=seed)
+    except ValueError as exc:  # e.g. a class with a single row cannot be stratified
+        raise DataError(f"could not carve a stratified validation split of {size}: {exc}; "
+                        "set data.validation_size larger or give data.validation") from None
+    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+    return (Split([texts[i] for i in train_idx], [labels[i] for i in train_idx]),
+            Split([texts[i] for i in val_idx], [labels[i] for i in val_idx]))
+
+
+def _length_filter(train: Split, cfg: DataConfig, report: dict) -> Split:
+    if cfg.min_words is None and cfg.max_words is None:
+        return train
+    lengths = word_counts(train.texts)
+    keep = np.ones(len(lengths), dtype=bool)
+    if cfg.min_words is not None:
+        keep &= lengths >= cfg.min_words
+    if cfg.max_words is not None:
+        keep &= lengths <= cfg.max_words
+    removed = int((~keep).sum())
+    report["length_filter"] = {"min_words": cfg.min_words, "max_words": cfg.max_words, "removed": removed,
+                               "kept": int(keep.sum())}
+    print(f"[data] length filter {cfg.min_words}-{cfg.max_words} words removed {removed} of {len(lengths)} training rows")
+    if not keep.any():
+        raise DataError(f"the length filter {cfg.min_words}-{cfg.max_words} words removes every training row")
+    return Split([t for t, k in zip(train.texts, keep) if k], [y for y, k in zip(train.labels, keep) if k])
+
+
+def load_inference_data(source: DataSource, label_map: Optional[LabelMap], clean_backslashes: bool,
+                        need_labels: bool) -> tuple[Split, dict]:
+    """Read rows for evaluate/predict: every row is kept in input order (IDs must line up).
+
+    When the run's text columns are absent but the file has a ``text`` column (Kaggle's pickle),
+    ``text`` is used and that is said.
+    """
+    frame = read_table(source.path, source.column_names, source.split)
+    columns = list(source.text_columns)
+    if any(c not in frame.columns for c in columns) and "text" in frame.columns:
+        print(f"[data] {source.path}: columns {columns} not found, using its 'text' column")
+        columns = ["text"]
+    texts = extract_texts(frame, columns, f"data {source.path}", clean_backslashes)
+    empty = sum(1 for t in texts if not t)
+    stats = {"rows": len(texts), "empty_texts": empty}
+    if empty:
+        print(f"[data] {source.path}: {empty} row(s) have empty text; they are classified from an empty input")
+    labels = None
+    if need_labels:
+        labels = label_map.encode(label_column(frame, source, f"data {source.path}"), f"data {source.path}")
+    return Split(texts, labels), stats

@@ -1,0 +1,103 @@
+"""Batched inference shared by training-time validation, evaluate, predict and classify.
+
+Texts are run longest-first in length-sorted batches (little padding) and the results are put
+back in input order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from .batching import Tokenized, make_loader, tokenize
+from .config import RunConfig, config_from_yaml_file
+from .errors import RunFolderError
+from .labels import LabelMap
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+@torch.inference_mode()
+def predict_proba(model: torch.nn.Module, tokens: Tokenized, pad_id: int, batch_size: int = 64,
+                  device: Optional[torch.device] = None, autocast=contextlib.nullcontext,
+                  progress: Optional[callable] = None) -> np.ndarray:
+    """Class probabilities ``[N, K]`` (float32) for every tokenized text, in input order."""
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    loader = make_loader(tokens, None, batch_size, pad_id, shuffle=False)
+    out: Optional[np.ndarray] = None
+    for batch in loader:
+        with autocast():
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits
+        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        if out is None:
+            out = np.zeros((len(tokens.ids), probs.shape[1]), dtype=np.float32)
+        out[batch["index"].numpy()] = probs
+        if progress:
+            progress(len(batch["index"]))
+    model.train(was_training)
+    return out
+
+
+@dataclass
+class LoadedRun:
+    """What inference needs from a run folder."""
+
+    path: Path
+    config: RunConfig
+    label_map: LabelMap
+    tokenizer: object
+    model: torch.nn.Module
+    device: torch.device
+
+    def probabilities(self, texts: Sequence[str], batch_size: int = 64, progress=None) -> tuple[np.ndarray, int]:
+        """Probabilities ``[N, K]`` and the count of texts truncated at ``max_length``."""
+        tokens = tokenize(self.tokenizer, texts, self.config.model.max_length)
+        probs = predict_proba(self.model, tokens, self.tokenizer.pad_token_id, batch_size, self.device,
+                              progress=progress)
+        if probs is None:
+            probs = np.zeros((0, self.label_map.num_labels), dtype=np.float32)
+        return probs, tokens.truncated
+
+
+def load_run(run_dir: Path, device: str = "auto", merge: bool = True) -> LoadedRun:
+    """Load a finished run folder: config, labels, tokenizer and the best adapter on its base model.
+
+    With ``merge`` the LoRA weights are folded into the base weights (faster inference, same outputs).
+    """
+    from .model import load_trained_model  # heavy import kept off the CLI's start-up path
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} does not exist; pass the folder that `textlora train` printed")
+    for name in ("config.yaml", "labels.json"):
+        if not (run_dir / name).is_file():
+            raise RunFolderError(f"run folder {run_dir} has no {name}; is it a textlora run folder?")
+    config = config_from_yaml_file(run_dir / "config.yaml")
+    label_map = LabelMap.load(run_dir / "labels.json")
+    tokenizer_dir = run_dir / "tokenizer"
+    if not tokenizer_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} has no tokenizer/ folder")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = load_trained_model(run_dir, config.model.name_or_path, label_map)
+    if merge:
+        model = model.merge_and_unload()
+    target = pick_device(device)
+    model.to(target).eval()
+    return LoadedRun(run_dir, config, label_map, tokenizer, model, target)

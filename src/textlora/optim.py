@@ -1,0 +1,59 @@
+"""Optimizer with layer-wise learning rates, and the warm-up schedule."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from transformers import get_scheduler
+
+from .config import OptimConfig, parse_layer_range
+
+_LAYER = re.compile(r"\.layers?\.(\d+)\.")
+_SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
+def learning_rate_for(name: str, cfg: OptimConfig, trained_modules: list[str]) -> float:
+    """LR of one trainable parameter: ``head_lr`` for the head and fresh modules, a ``layer_lrs`` range, else ``lr``."""
+    clean = name.replace("base_model.model.", "", 1).replace(".modules_to_save.default", "")
+    if any(clean.startswith(m + ".") for m in trained_modules):
+        return cfg.head_lr if cfg.head_lr is not None else cfg.lr
+    match = _LAYER.search(name)
+    if match:
+        layer = int(match.group(1))
+        for spec, lr in cfg.layer_lrs.items():
+            if layer in parse_layer_range(spec, f"optim.layer_lrs.{spec}"):
+                return lr
+    return cfg.lr
+
+
+def _decays(name: str, param: torch.Tensor) -> bool:
+    # Biases and LayerNorm gains are not decayed (the usual BERT recipe).
+    return param.ndim > 1 and "LayerNorm" not in name and "layer_norm" not in name
+
+
+def param_groups(model: torch.nn.Module, cfg: OptimConfig, trained_modules: list[str]) -> list[dict]:
+    """One group per (learning rate, decays) pair among the trainable parameters."""
+    groups: dict[tuple[float, bool], list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            key = (learning_rate_for(name, cfg, trained_modules), _decays(name, param))
+            groups.setdefault(key, []).append(param)
+    return [{"params": params, "lr": lr, "weight_decay": cfg.weight_decay if decays else 0.0}
+            for (lr, decays), params in sorted(groups.items())]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, trained_modules: list[str]) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg, trained_modules)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
+    warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * total_steps)
+    return get_scheduler(_SCHEDULERS[cfg.scheduler], optimizer, num_warmup_steps=warmup,
+                         num_training_steps=total_steps)

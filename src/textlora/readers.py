@@ -1,0 +1,134 @@
+"""Read a table of rows from a file or a hub dataset into a pandas DataFrame.
+
+Every failure becomes one :class:`DataError` naming the file and the fix; nothing here
+decides what a text or a label is (that is :mod:`textlora.data`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pandas as pd
+
+from .errors import DataError
+
+FILE_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".pkl": "pickle",
+    ".pickle": "pickle",
+}
+
+
+def looks_like_hub_name(spec: str) -> bool:
+    """``ag_news`` or ``user/dataset`` with no file suffix and no such local path."""
+    return bool(spec) and not Path(spec).exists() and Path(spec).suffix.lower() not in FILE_FORMATS
+
+
+def read_table(path: str, column_names: Optional[Sequence[str]] = None, split: Optional[str] = None) -> pd.DataFrame:
+    """Read every row of ``path`` as a DataFrame.
+
+    Args:
+        path: a local file whose suffix picks the format, or a hub dataset name.
+        column_names: names for a CSV/TSV without a header row; when given, the first row is
+            data, not a header.
+        split: split of a hub dataset (default ``train``).
+    Returns:
+        The rows, with text kept as strings (CSV cells are never guessed into numbers).
+    """
+    if not path:
+        raise DataError("no data path given: set data.train.path (a CSV/JSONL/Parquet/pickle file or a hub dataset name)")
+    if looks_like_hub_name(path):
+        return _read_hub(path, split or "train")
+    file = Path(path)
+    if not file.exists():
+        raise DataError(f"data file {file} does not exist; check the path (relative paths start at the current directory)")
+    if file.is_dir():
+        raise DataError(f"data path {file} is a folder; point at a file (.csv, .tsv, .jsonl, .json, .parquet, .pkl)")
+    fmt = FILE_FORMATS.get(file.suffix.lower())
+    if fmt is None:
+        raise DataError(f"data file {file} has suffix {file.suffix!r}; supported: {', '.join(sorted(FILE_FORMATS))}")
+    if file.stat().st_size == 0:
+        raise DataError(f"data file {file} is empty")
+    try:
+        frame = _READERS[fmt](file, column_names)
+    except DataError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"data file {file} is not valid UTF-8 (byte {exc.start}: {exc.object[exc.start:exc.start + 4]!r}); "
+            "re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"data file {file} could not be read as {fmt}: {_first_line(exc)}") from None
+    if len(frame) == 0:
+        raise DataError(f"data file {file} has no data rows")
+    return frame
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _read_delimited(file: Path, column_names, sep: str) -> pd.DataFrame:
+    # dtype=str + keep_default_na=False: texts like "NA" or "null" stay texts, and empty cells
+    # become "" (counted later) instead of float NaN.
+    header = None if column_names else "infer"
+    frame = pd.read_csv(file, sep=sep, header=header, names=list(column_names) if column_names else None,
+                        dtype=str, keep_default_na=False, encoding="utf-8")
+    if column_names and len(frame.columns) != len(column_names):
+        raise DataError(f"data file {file} has {len(frame.columns)} columns but column_names lists {len(column_names)}")
+    return frame
+
+
+def _read_jsonl(file: Path, column_names) -> pd.DataFrame:
+    return pd.read_json(file, lines=True, dtype=False, encoding="utf-8")
+
+
+def _read_json(file: Path, column_names) -> pd.DataFrame:
+    return pd.read_json(file, dtype=False, encoding="utf-8")
+
+
+def _read_parquet(file: Path, column_names) -> pd.DataFrame:
+    return pd.read_parquet(file)
+
+
+def _read_pickle(file: Path, column_names) -> pd.DataFrame:
+    from .safe_pickle import read_pickled_table
+
+    return read_pickled_table(file)
+
+
+_READERS = {
+    "csv": lambda f, c: _read_delimited(f, c, ","),
+    "tsv": lambda f, c: _read_delimited(f, c, "\t"),
+    "jsonl": _read_jsonl,
+    "json": _read_json,
+    "parquet": _read_parquet,
+    "pickle": _read_pickle,
+}
+
+
+def _read_hub(name: str, split: str) -> pd.DataFrame:
+    """Load a hub dataset split (needs network access or a populated HF cache)."""
+    try:
+        import datasets
+
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as exc:  # offline, unknown name, unknown split: all end the same way
+        raise DataError(
+            f"could not load hub dataset {name!r} split {split!r}: {_first_line(exc)}. "
+            "Without network access, point data paths at local files (CSV, JSONL, Parquet or pickle)"
+        ) from None
+    frame = dataset.to_pandas()
+    label_feature = dataset.features.get("label")
+    names = getattr(label_feature, "names", None)
+    if names:
+        frame.attrs["label_names"] = list(names)
+    return frame
