@@ -71,7 +71,7 @@ class DataConfig:
     max_words: Optional[int] = None
     """Length filter on training rows only: drop texts with more words (S1 uses 70)."""
     max_train_rows: Optional[int] = None
-    """Use only the first N training rows after a seeded stratified subsample (quick runs)."""
+    """Keep a seeded, stratified sample of N training rows (quick runs)."""
     label_names: Optional[List[str]] = None
     """Class names in id order; default: the sorted string labels, or ``class_0..`` for int labels."""
     label_base: str = "auto"

