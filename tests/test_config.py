@@ -91,6 +91,9 @@ def test_missing_file_and_invalid_yaml(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(_yaml(tmp_path, "model: [unclosed\n  lora_r: 4\n"))
+    with pytest.raises(ConfigError, match="must be a mapping of sections"):
+        load_config(_yaml(tmp_path, "- model\n- data\n"))
+    assert load_config(_yaml(tmp_path, "")) == RunConfig()  # an empty file is all defaults
 
 
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
@@ -239,9 +239,13 @@ def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] = ()) ->
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
         try:
-            layers.append(OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml errors come in several types
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, DictConfig):  # a top-level list would fail the merge with a bare TypeError
+            raise ConfigError(f"config file {path} must be a mapping of sections (model:, data:, optim:, train:), "
+                              f"not a {type(loaded).__name__}")
+        layers.append(loaded)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.epochs=2)")

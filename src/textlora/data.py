@@ -140,7 +140,11 @@ def prepare_training_data(cfg: DataConfig, seed: int) -> TrainingData:
 
 def _stratified_take(texts, labels, count, seed):
     idx = np.arange(len(texts))
-    taken, _ = train_test_split(idx, train_size=count, stratify=labels, random_state=seed)
+    try:
+        taken, _ = train_test_split(idx, train_size=count, stratify=labels, random_state=seed)
+    except ValueError as exc:  # e.g. fewer rows than classes cannot be stratified
+        raise DataError(f"data.max_train_rows={count} cannot be a stratified subsample of {len(texts)} rows: "
+                        f"{exc}; raise data.max_train_rows or set it to null") from None
     taken = np.sort(taken)
     return [texts[i] for i in taken], [labels[i] for i in taken]
 

@@ -79,11 +79,15 @@ def _first_line(exc: Exception) -> str:
 def _read_delimited(file: Path, column_names, sep: str) -> pd.DataFrame:
     # dtype=str + keep_default_na=False: texts like "NA" or "null" stay texts, and empty cells
     # become "" (counted later) instead of float NaN.
+    # The names are set after reading: given to read_csv, too few would silently add empty columns
+    # and too many file columns would silently become the index (shifting every column left).
     header = None if column_names else "infer"
-    frame = pd.read_csv(file, sep=sep, header=header, names=list(column_names) if column_names else None,
-                        dtype=str, keep_default_na=False, encoding="utf-8")
-    if column_names and len(frame.columns) != len(column_names):
-        raise DataError(f"data file {file} has {len(frame.columns)} columns but column_names lists {len(column_names)}")
+    frame = pd.read_csv(file, sep=sep, header=header, dtype=str, keep_default_na=False, encoding="utf-8")
+    if column_names:
+        if len(frame.columns) != len(column_names):
+            raise DataError(f"data file {file} has {len(frame.columns)} columns but column_names lists "
+                            f"{len(column_names)} ({', '.join(column_names)}); fix column_names")
+        frame.columns = list(column_names)
     return frame
 
 
