@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
 
 from .config import ModelConfig
 from .errors import ConfigError, RunFolderError
@@ -74,7 +74,7 @@ def load_model_config(name_or_path: str, label_map: Optional[LabelMap] = None, n
         if shapes_only and bundled:
             raise OSError("shapes only: the bundled architecture config is exact")
         config = AutoConfig.from_pretrained(name_or_path, **kwargs)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # OSError, ValueError, hub validation errors: all mean "not loadable"
         if bundled is None:
             raise ConfigError(
                 f"model.name_or_path={name_or_path!r}: no model config could be loaded ({str(exc).splitlines()[0]}). "
@@ -142,6 +142,7 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar says nothing useful
     logging.getLogger("transformers").setLevel(logging.ERROR)
     # peft still calls this deprecated transformers property; the warning is not the user's to fix.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -162,6 +163,14 @@ def build_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained: boo
         raise ConfigError(f"model.target_modules={list(cfg.target_modules)} / model.layers={cfg.layers!r}: "
                           f"{str(exc).splitlines()[0]}") from None
     return BuiltModel(model=model, head_modules=head, fresh_modules=fresh)
+
+
+def load_tokenizer(name_or_path: str):
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model_location(name_or_path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.name_or_path={name_or_path!r}: could not load its tokenizer "
+                          f"({str(exc).splitlines()[0]})") from None
 
 
 def load_trained_model(run_dir: Path, base_name_or_path: str, label_map: LabelMap) -> PeftModel:

@@ -17,7 +17,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
 
 from . import checkpoint as ckpt
 from .batching import make_loader, tokenize
@@ -27,7 +26,7 @@ from .data import TrainingData, prepare_training_data
 from .errors import ConfigError, RunFolderError
 from .evaluate import classification_metrics, format_metrics, write_metrics
 from .inference import predict_proba
-from .model import build_model
+from .model import build_model, load_tokenizer
 from .optim import build_optimizer, build_scheduler
 from .runfolder import MetricsLog, new_run_dir, with_absolute_paths, write_config, write_json
 
@@ -86,14 +85,14 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
     set_seed(config.train.seed)
 
     data = prepare_training_data(config.data, config.train.seed)
-    run_dir = resume if resume is not None else (new_run_dir(config, config_name) if main else None)
-    run_dir = Path(_broadcast(accelerator, str(run_dir) if run_dir else ""))
-
-    tokenizer = AutoTokenizer.from_pretrained(config.model.name_or_path)
+    # Model and budget are checked before the run folder exists: a refused run leaves nothing behind.
     built = build_model(config.model, data.label_map)
     breakdown = trainable_breakdown(built, config.model.max_trainable_params)
     enforce_budget(config.model, breakdown, built)
     print(breakdown.table())
+    tokenizer = load_tokenizer(config.model.name_or_path)
+    run_dir = resume if resume is not None else (new_run_dir(config, config_name) if main else None)
+    run_dir = Path(_broadcast(accelerator, str(run_dir) if run_dir else ""))
     if main and resume is None:
         write_config(run_dir, config)
         data.label_map.save(run_dir / "labels.json")
