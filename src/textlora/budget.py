@@ -6,7 +6,6 @@ needed), so they are exactly what training will optimise.
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -17,9 +16,7 @@ from peft.tuners.tuners_utils import check_target_module_exists
 from .config import ModelConfig
 from .errors import BudgetError
 from .labels import LabelMap
-from .model import BuiltModel, build_model, lora_config
-
-_LAYER = re.compile(r"\.layers?\.(\d+)\.")
+from .model import LAYER_PATTERN, BuiltModel, build_model, lora_config, module_path
 
 
 @dataclass
@@ -56,8 +53,8 @@ def trainable_breakdown(built: BuiltModel, budget: int) -> Breakdown:
     for name, param in built.model.named_parameters():
         if not param.requires_grad:
             continue
-        groups.setdefault(_group_of(name, built), 0)
-        groups[_group_of(name, built)] += param.numel()
+        group = _group_of(name, built)
+        groups[group] = groups.get(group, 0) + param.numel()
     ordered = OrderedDict(sorted(groups.items(), key=lambda kv: (not kv[0].startswith("lora"), kv[0])))
     return Breakdown(groups=ordered, budget=budget)
 
@@ -65,9 +62,9 @@ def trainable_breakdown(built: BuiltModel, budget: int) -> Breakdown:
 def _group_of(name: str, built: BuiltModel) -> str:
     if ".lora_" in name:
         module = name.split(".lora_")[0]
-        match = _LAYER.search(module + ".")
+        match = LAYER_PATTERN.search(module + ".")  # the module type is what follows "layer.N."
         return "lora: " + (module[match.end():] if match else module.rsplit(".", 1)[-1])
-    path = name.replace("base_model.model.", "", 1).replace(".modules_to_save.default", "")
+    path = module_path(name)
     for head in built.head_modules:
         if path.startswith(head + "."):
             return f"head: {head}"

@@ -117,16 +117,20 @@ def latest_valid(root: Path) -> Optional[Path]:
     return None
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG from ``folder``; returns the loop state."""
-    weights = load_file(str(folder / "trainable.safetensors"))
+def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Copy saved trainable weights (as from :func:`trainable_state`) into ``model`` in place."""
     params = dict(model.named_parameters())
     unknown = [n for n in weights if n not in params]
     if unknown:
-        raise RunFolderError(f"checkpoint {folder} does not match the model (unknown weights such as {unknown[0]})")
+        raise RunFolderError(f"{where} does not match the model (unknown weights such as {unknown[0]})")
     with torch.no_grad():
         for name, value in weights.items():
-            params[name].copy_(value)
+            params[name].copy_(value.to(params[name].device))
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and RNG from ``folder``; returns the loop state."""
+    load_trainable(model, load_file(str(folder / "trainable.safetensors")), f"checkpoint {folder}")
     optim_state = torch.load(folder / "optim.pt", weights_only=True)
     optimizer.load_state_dict(optim_state["optimizer"])
     scheduler.load_state_dict(optim_state["scheduler"])

@@ -12,7 +12,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .errors import TextloraError
+from .errors import RunFolderError, TextloraError
 
 
 def _data_source(args, run_dir: Path):
@@ -20,8 +20,6 @@ def _data_source(args, run_dir: Path):
     from .config import DataSource, config_from_yaml_file
 
     if not (run_dir / "config.yaml").is_file():
-        from .errors import RunFolderError
-
         raise RunFolderError(f"{run_dir} is not a run folder (no config.yaml); pass the folder `textlora train` printed")
     trained = config_from_yaml_file(run_dir / "config.yaml").data.train
     source = DataSource(path=args.data, split=args.split, column_names=trained.column_names,

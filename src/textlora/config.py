@@ -7,7 +7,7 @@ an error that names the key); ``__post_init__`` checks ranges and allowed values
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -272,7 +272,3 @@ def config_to_yaml(config: RunConfig) -> str:
 def config_from_yaml_file(path: Path) -> RunConfig:
     """Read a run folder's resolved ``config.yaml`` back (no overrides)."""
     return load_config(path)
-
-
-def config_as_dict(config: RunConfig) -> dict:
-    return asdict(config)

@@ -12,9 +12,6 @@ from dataclasses import MISSING, fields, is_dataclass
 from . import config as config_module
 from .config import RunConfig
 
-SECTIONS = ("model", "data", "optim", "train")
-
-
 def _field_docs(cls) -> dict[str, str]:
     """``{field: docstring}`` from the string literal that follows each annotated field."""
     tree = ast.parse(inspect.getsource(cls))
@@ -34,8 +31,6 @@ def _default(field) -> str:
         value = field.default_factory()
     else:
         return ""
-    if is_dataclass(value):
-        return "(section)"
     return "null" if value is None else repr(value).replace("'", "")
 
 
@@ -46,9 +41,7 @@ def reference_rows(cls=RunConfig, prefix: str = "") -> list[tuple[str, str, str]
         key = f"{prefix}{f.name}"
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         nested = getattr(config_module, kind, None) if isinstance(kind, str) else None
-        if is_dataclass(nested):
-            if f.name != "train" or prefix:  # data.train is a DataSource; expand it once
-                rows.append((key, "(section)", docs.get(f.name, "")))
+        if is_dataclass(nested):  # a section (model, data.train, ...): its keys, not a row of its own
             rows.extend(reference_rows(nested, key + "."))
             continue
         inner = kind.replace("Optional[", "").rstrip("]") if kind.startswith("Optional[") else ""
@@ -63,8 +56,6 @@ def reference_rows(cls=RunConfig, prefix: str = "") -> list[tuple[str, str, str]
 def reference_markdown() -> str:
     lines = ["| key | default | meaning |", "| --- | --- | --- |"]
     for key, default, doc in reference_rows():
-        if default == "(section)":
-            continue
         doc = doc.replace("``", "`").replace("|", "/")
         lines.append(f"| `{key}` | `{default}` | {doc} |")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from importlib import resources
@@ -45,6 +46,20 @@ def resolve_model_location(name_or_path: str) -> str:
     if not folder.is_dir():
         raise ConfigError(f"model.name_or_path={name_or_path!r}: package {package!r} has no folder {sub!r}")
     return str(folder)
+
+
+LAYER_PATTERN = re.compile(r"\.layers?\.(\d+)\.")
+
+
+def module_path(param_name: str) -> str:
+    """A peft parameter name as the stock model names it: wrapper prefix and saved-copy infix dropped."""
+    return param_name.replace("base_model.model.", "", 1).replace(".modules_to_save.default", "")
+
+
+def layer_index(name: str) -> Optional[int]:
+    """Encoder layer number in a module/parameter name (``...layer.8.attention...`` -> 8), else None."""
+    match = LAYER_PATTERN.search(name)
+    return int(match.group(1)) if match else None
 
 
 @dataclass

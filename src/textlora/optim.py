@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from transformers import get_scheduler
 
 from .config import OptimConfig, parse_layer_range
+from .model import layer_index, module_path
 
-_LAYER = re.compile(r"\.layers?\.(\d+)\.")
 _SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
 def learning_rate_for(name: str, cfg: OptimConfig, trained_modules: list[str]) -> float:
     """LR of one trainable parameter: ``head_lr`` for the head and fresh modules, a ``layer_lrs`` range, else ``lr``."""
-    clean = name.replace("base_model.model.", "", 1).replace(".modules_to_save.default", "")
-    if any(clean.startswith(m + ".") for m in trained_modules):
+    path = module_path(name)
+    if any(path.startswith(m + ".") for m in trained_modules):
         return cfg.head_lr if cfg.head_lr is not None else cfg.lr
-    match = _LAYER.search(name)
-    if match:
-        layer = int(match.group(1))
+    layer = layer_index(name)
+    if layer is not None:
         for spec, lr in cfg.layer_lrs.items():
             if layer in parse_layer_range(spec, f"optim.layer_lrs.{spec}"):
                 return lr

@@ -20,7 +20,6 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 from .checkpoint import atomic_write_text
 from .config import RunConfig, config_to_yaml
@@ -83,10 +82,3 @@ class MetricsLog:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
-
-def read_metrics(run_dir: Path, kind: Optional[str] = None) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if kind is None or r.get("kind") == kind]

@@ -167,9 +167,12 @@ class _Loop:
 
     def __init__(self, config, accelerator, model, optimizer, scheduler, loader, val_tokens,
                  data: TrainingData, pad_id, run_dir, log, state, total_steps, steps_per_epoch):
-        self.__dict__.update(locals())
-        del self.__dict__["self"]
-        self.cfg = config.train
+        self.config, self.cfg, self.accelerator = config, config.train, accelerator
+        self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, loader
+        self.val_tokens, self.data, self.pad_id = val_tokens, data, pad_id
+        self.run_dir, self.log, self.state = run_dir, log, state
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self._tokens = 0  # tokens seen since the last _sync_counters (a device tensor once training runs)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
         self.stop = False
 
@@ -178,6 +181,8 @@ class _Loop:
         bar = tqdm(total=self.total_steps, initial=state.step, disable=cfg.quiet or not self.accelerator.is_main_process,
                    desc="train", dynamic_ncols=True)
         self.model.train()
+        # Loss and token counts stay on the device between log lines: reading them back every
+        # micro-batch would make the GPU wait for the host at each step.
         window_loss, window_count = 0.0, 0
         try:
             while state.step < self.total_steps and not self.stop:
@@ -201,11 +206,10 @@ class _Loop:
                     tick = time.time()
                     bar.update(1)
                     if state.step % cfg.log_every_steps == 0 or state.step == self.total_steps:
-                        self._log_train(window_loss / window_count, bar)
+                        self._log_train(float(window_loss) / window_count, bar)
                         window_loss, window_count = 0.0, 0
-                    epoch_end = last_of_epoch or state.step == self.total_steps
                     if (cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0) or \
-                            (cfg.eval_every_steps is None and epoch_end) or state.step == self.total_steps:
+                            (cfg.eval_every_steps is None and last_of_epoch) or state.step == self.total_steps:
                         self._evaluate_and_checkpoint()
                         # A resumed run starts its loss window here too: logs stay identical.
                         window_loss, window_count = 0.0, 0
@@ -221,14 +225,20 @@ class _Loop:
             raise
         bar.close()
 
-    def _forward_backward(self, batch) -> float:
+    def _forward_backward(self, batch) -> torch.Tensor:
+        """One micro-batch; returns its loss as a detached 0-d tensor (still on the device)."""
         with self.accelerator.autocast():
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss = self.loss_fn(logits.float(), batch["labels"])
         self.accelerator.backward(loss / self.cfg.grad_accum)
-        self.state.samples += int(batch["labels"].numel()) * self.accelerator.num_processes
-        self.state.tokens += int(batch["attention_mask"].sum()) * self.accelerator.num_processes
-        return float(loss.detach())
+        self.state.samples += batch["labels"].shape[0] * self.accelerator.num_processes
+        self._tokens = self._tokens + batch["attention_mask"].sum() * self.accelerator.num_processes
+        return loss.detach()
+
+    def _sync_counters(self) -> None:
+        """Move the device-side token count into ``state.tokens`` (one host sync)."""
+        self.state.tokens += int(self._tokens)
+        self._tokens = 0
 
     def _optimizer_step(self) -> None:
         if self.config.optim.max_grad_norm:
@@ -239,6 +249,7 @@ class _Loop:
         self.state.step += 1
 
     def _log_train(self, loss: float, bar) -> None:
+        self._sync_counters()
         state = self.state
         lr = max(group["lr"] for group in self.optimizer.param_groups)
         rate = state.samples / max(state.train_seconds, 1e-9)
@@ -260,7 +271,7 @@ class _Loop:
     def _evaluate_and_checkpoint(self) -> None:
         state, cfg = self.state, self.cfg
         metrics = self.validate()
-        value = metrics["macro_f1" if cfg.metric_for_best == "macro_f1" else cfg.metric_for_best]
+        value = metrics[cfg.metric_for_best]
         better = state.best_metric is None or (value < state.best_metric if cfg.metric_for_best == "loss"
                                                else value > state.best_metric)
         if better:
@@ -288,6 +299,7 @@ class _Loop:
             ckpt.replace_dir(tmp, self.run_dir / "adapter")
 
     def _checkpoint(self) -> None:
+        self._sync_counters()
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return
@@ -306,15 +318,11 @@ def _finish(loop: _Loop, data: TrainingData, tokenizer, trainable: int, started:
     state, accelerator, run_dir = loop.state, loop.accelerator, loop.run_dir
     model = accelerator.unwrap_model(loop.model)
     if state.best_state:
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in state.best_state.items():
-                params[name].copy_(value.to(params[name].device))
+        ckpt.load_trainable(model, state.best_state, "the best model's weights")
     metrics = loop.validate()
     summary = {"run_dir": str(run_dir), "best_metric": loop.cfg.metric_for_best, "best_value": state.best_metric,
                "best_step": state.best_step, "steps": state.step, "validation_accuracy": metrics["accuracy"],
                "trainable_params": trainable, "train_seconds": round(state.train_seconds, 2),
-               "wall_seconds": round(time.time() - started, 2),
                "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
                "train_tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1)}
     if accelerator.is_main_process:
