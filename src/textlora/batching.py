@@ -53,14 +53,13 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
     """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool = True,
-                 pool_batches: int = 64, max_tokens: Optional[int] = None, drop_last: bool = False):
+                 pool_batches: int = 64, max_tokens: Optional[int] = None):
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
         self.pool_batches = pool_batches
         self.max_tokens = max_tokens
-        self.drop_last = drop_last
         self.epoch = 0
         self._cached: Optional[list[list[int]]] = None
 
@@ -84,8 +83,6 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
             chunk = order[start:start + pool]
             chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
             batches.extend(self._cut(chunk))
-        if self.drop_last:
-            batches = [b for b in batches if len(b) == self.batch_size] or batches
         perm = rng.permutation(len(batches))
         self._cached = [batches[i] for i in perm]
         return self._cached
@@ -124,10 +121,15 @@ class TokenDataset(torch.utils.data.Dataset):
 
 
 class PadCollator:
-    """Pad a batch to its longest row; returns input_ids/attention_mask ``[B, T]``, labels and row indices ``[B]``."""
+    """Pad a batch to its longest row; returns input_ids/attention_mask ``[B, T]``, labels and row indices ``[B]``.
 
-    def __init__(self, pad_id: int):
+    With a prefix cache (see prefix_cache.py) the batch also carries ``hidden`` ``[B, T, H]`` (fp16): the
+    cached states of the rows, which replace running the frozen bottom layers.
+    """
+
+    def __init__(self, pad_id: int, cache=None):
         self.pad_id = pad_id
+        self.cache = cache
 
     def __call__(self, rows) -> dict:
         longest = max(len(ids) for _, ids, _ in rows)
@@ -136,16 +138,20 @@ class PadCollator:
         for i, (_, ids, _) in enumerate(rows):
             input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
             mask[i, :len(ids)] = 1
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": mask,
             "labels": torch.tensor([label for _, _, label in rows], dtype=torch.long),
             "index": torch.tensor([index for index, _, _ in rows], dtype=torch.long),
         }
+        if self.cache is not None:
+            batch["hidden"] = self.cache.gather([index for index, _, _ in rows], longest)
+        return batch
 
 
 def make_loader(tokens: Tokenized, labels, batch_size: int, pad_id: int, seed: int = 0, shuffle: bool = False,
-                max_tokens: Optional[int] = None, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+                max_tokens: Optional[int] = None, pin_memory: bool = False, cache=None) -> torch.utils.data.DataLoader:
+    """Length-grouped batches of ``tokens`` (shuffled per epoch if ``shuffle``, else longest first)."""
     sampler = LengthGroupedBatches(tokens.lengths, batch_size, seed, shuffle=shuffle, max_tokens=max_tokens)
     return torch.utils.data.DataLoader(TokenDataset(tokens, labels), batch_sampler=sampler,
-                                       collate_fn=PadCollator(pad_id), pin_memory=pin_memory)
+                                       collate_fn=PadCollator(pad_id, cache), pin_memory=pin_memory)

@@ -6,9 +6,11 @@ RNG, loop counters), never the frozen base model, so keeping several is cheap.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import warnings
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import RunFolderError
+from .errors import RunFolderError, WriteError
 
 MANIFEST = "manifest.json"
 
@@ -32,10 +34,30 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def removed_on_failure(tmp: Path, what: str, fix: str):
+    """Delete ``tmp`` (a file or folder being written) when writing it fails or is interrupted.
+
+    An ``OSError`` (disk full, read-only, no permission) becomes a :class:`WriteError` naming
+    ``what`` and ``fix``; the file or folder ``tmp`` was to replace is untouched.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise WriteError(f"could not write {what}: {exc.strerror or exc}; {fix}") from None
+        raise
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with removed_on_failure(tmp, str(path), "free disk space (or check permissions) and run the command again"):
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -51,7 +73,9 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """A CPU copy of every trainable parameter (a snapshot: later optimizer steps do not change it)."""
+    # copy=True: on a CPU model .cpu() returns the live parameter, which the optimizer keeps updating.
+    return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def rng_state() -> dict:
@@ -74,7 +98,16 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, loop_state: dict)
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    run_dir = folder.parent.parent  # checkpoints live in RUN/checkpoints/
+    with removed_on_failure(tmp, f"checkpoint {folder}", "free disk space, then continue from the last complete "
+                            f"checkpoint with `textlora train --resume {run_dir}`"):
+        tmp.mkdir(parents=True)
+        _write_checkpoint_files(tmp, model, optimizer, scheduler, loop_state)
+        replace_dir(tmp, folder)
+    return folder
+
+
+def _write_checkpoint_files(tmp: Path, model, optimizer, scheduler, loop_state: dict) -> None:
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
     rng = rng_state()
@@ -85,8 +118,6 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, loop_state: dict)
     (tmp / "loop.json").write_text(json.dumps({**loop_state, "rng": py_state}))
     files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
     (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
-    replace_dir(tmp, folder)
-    return folder
 
 
 def is_valid(folder: Path) -> bool:
@@ -131,11 +162,16 @@ def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor], whe
 def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and RNG from ``folder``; returns the loop state."""
     load_trainable(model, load_file(str(folder / "trainable.safetensors")), f"checkpoint {folder}")
-    optim_state = torch.load(folder / "optim.pt", weights_only=True)
+    try:  # weights_only: a checkpoint from elsewhere cannot run code, only hold tensors and plain data
+        optim_state = torch.load(folder / "optim.pt", weights_only=True)
+        rng = torch.load(folder / "rng.pt", weights_only=True)
+    except pickle.UnpicklingError:
+        raise RunFolderError(f"checkpoint {folder} holds a pickle that asks for more than tensors and plain data; "
+                             "it was refused without running it. Delete that checkpoint folder to resume from "
+                             "an earlier one") from None
     optimizer.load_state_dict(optim_state["optimizer"])
     scheduler.load_state_dict(optim_state["scheduler"])
     loop = json.loads((folder / "loop.json").read_text())
-    rng = torch.load(folder / "rng.pt", weights_only=True)
     saved = loop.pop("rng")
     rng["python"] = (saved["python"][0], tuple(saved["python"][1]), saved["python"][2])
     rng["numpy"] = (saved["numpy"][0], np.array(saved["numpy"][1], dtype=np.uint32), *saved["numpy"][2:])

@@ -85,6 +85,52 @@ def cmd_classify(args) -> None:
     classify(Path(args.run), args.texts, args.json, args.device)
 
 
+def cmd_export(args) -> None:
+    from .export import export
+
+    export(Path(args.run), Path(args.out), onnx=args.onnx, force=args.force)
+
+
+def cmd_serve(args) -> None:
+    from .serve import ServeLimits, serve
+
+    limits = ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars, max_batch=args.max_batch,
+                         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
+    serve(Path(args.model), args.host, args.port, args.device, limits, args.root_path, args.log_level, args.onnx)
+
+
+def cmd_report(args) -> None:
+    from .report import write_report
+
+    print(f"wrote {write_report(Path(args.run), Path(args.output) if args.output else None)}")
+
+
+def cmd_compare(args) -> None:
+    from .compare import compare
+
+    compare([Path(r) for r in args.runs], Path(args.output) if args.output else None)
+
+
+def cmd_plan(args) -> None:
+    from .config import load_config
+    from .plan import RANKS, plan
+
+    base = load_config(Path(args.config), tuple(args.overrides)) if args.config else None
+    if args.overrides and not args.config:
+        raise TextloraError("key=value overrides need --config (they change the base config the plan completes)")
+    ranks = [int(r) for r in args.ranks.split(",")] if args.ranks else RANKS
+    heads = [args.head] if args.head else ("standard", "linear")
+    plan(args.budget, args.model, args.num_labels, base, ranks, heads,
+         args.targets.split(",") if args.targets else None, args.layers, args.top, args.pick, args.pretrained,
+         Path(args.output) if args.output else None, args.json)
+
+
+def cmd_sweep(args) -> None:
+    from .sweep import sweep
+
+    sweep(Path(args.config), args.grid, args.overrides)
+
+
 def _add_data_flags(parser: argparse.ArgumentParser, labels: bool) -> None:
     parser.add_argument("--data", required=True, help="file (.csv/.tsv/.jsonl/.json/.parquet/.pkl) or hub dataset name")
     parser.add_argument("--split", default=None, help="split of a hub dataset (default: train)")
@@ -131,6 +177,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+", help="texts to classify")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+    p = sub.add_parser("export", help="write a merged, plain Hugging Face model folder (LoRA folded in)")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", required=True, help="folder to create (loads with stock transformers)")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx, checked against PyTorch")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+    p = sub.add_parser("serve", help="HTTP API + web page for a run folder or exported model")
+    p.add_argument("model", help="run folder or folder written by `textlora export`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--max-texts", type=int, default=64, help="texts per request (more: 413)")
+    p.add_argument("--max-chars", type=int, default=2000, help="characters per text (more: 413)")
+    p.add_argument("--max-batch", type=int, default=32, help="most texts in one model call")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits to share a model call")
+    p.add_argument("--max-queue", type=int, default=4096, help="texts waiting for the model (more: 503)")
+    p.add_argument("--root-path", default="", help="URL prefix when behind a reverse proxy, e.g. /textlora")
+    p.add_argument("--onnx", action="store_true", help="run an exported folder's model.onnx on ONNX Runtime (CPU)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+    p = sub.add_parser("report", help="figures + report.md of a finished run, from its folder")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--output", help="folder to write (default RUN/report)")
+
+    p = sub.add_parser("compare", help="overlaid curves and a side-by-side table of several runs")
+    p.add_argument("runs", nargs="+", help="two or more run folders")
+    p.add_argument("--output", help="folder to write (default: compare-A-vs-B beside the first run)")
+
+    p = sub.add_parser("plan", help="LoRA configurations that fit a trainable-parameter budget, as a table and YAML")
+    p.add_argument("--budget", type=int, required=True, help="most trainable parameters, e.g. 1000000")
+    p.add_argument("--model", help="hub id or local folder (default: the --config's model, else roberta-base)")
+    p.add_argument("--num-labels", type=int, default=4, help="classes of the head (default 4, AG News)")
+    p.add_argument("--config", help="base config: the YAML printed is then this config with the planned model section")
+    p.add_argument("--ranks", help="comma-separated LoRA ranks to consider (default 1,2,4,8,16,32,64)")
+    p.add_argument("--head", choices=["standard", "linear"], help="only this head (default both)")
+    p.add_argument("--targets", help="only these target modules, comma-separated, e.g. query,key,value")
+    p.add_argument("--layers", help="only this layer range, e.g. 8-11")
+    p.add_argument("--top", type=int, default=10, help="length of the shortlist")
+    p.add_argument("--pick", type=int, default=1, help="shortlist entry whose YAML is printed")
+    p.add_argument("--pretrained", action="store_true", help="read the checkpoint to count modules it lacks")
+    p.add_argument("--output", help="also write the YAML to this file")
+    p.add_argument("--json", action="store_true", help="print the shortlist as JSON instead of the table + YAML")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of --config")
+
+    p = sub.add_parser("sweep", help="train a small grid into sibling run folders, then compare them")
+    p.add_argument("config", help="base YAML config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run (before --grid)")
+    p.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
+                   help="values to sweep, e.g. optim.name=adamw,rmsprop model.lora_r=4,8 (the grid is their product)")
     return parser
 
 
@@ -140,6 +236,12 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
     "classify": cmd_classify,
+    "report": cmd_report,
+    "compare": cmd_compare,
+    "plan": cmd_plan,
+    "sweep": cmd_sweep,
+    "export": cmd_export,
+    "serve": cmd_serve,
 }
 
 
@@ -152,8 +254,8 @@ def main(argv=None) -> int:
     except TextloraError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # training says where it saved a checkpoint and how to resume
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130
     return 0
 

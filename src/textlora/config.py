@@ -109,6 +109,9 @@ class ModelConfig:
     """Encoder layers that get LoRA, e.g. ``"8-11"``; null means all layers."""
     max_trainable_params: int = 1_000_000
     """Budget enforced before training: more trainable parameters than this is refused."""
+    head: str = "standard"
+    """Classification head: ``standard`` (the model class's own) or ``linear`` (dropout + one Linear on the first
+    token's final hidden state: 3,076 parameters for roberta-base and 4 classes instead of 593,668)."""
 
     def __post_init__(self):
         _require(self.lora_r >= 1, "model.lora_r", "must be >= 1")
@@ -117,6 +120,7 @@ class ModelConfig:
         _require(8 <= self.max_length <= 8192, "model.max_length", "must be between 8 and 8192")
         _require(len(self.target_modules) > 0, "model.target_modules", "name at least one module")
         _require(self.max_trainable_params > 0, "model.max_trainable_params", "must be > 0")
+        _one_of(self.head, "model.head", ("standard", "linear"))
         if self.layers is not None:
             parse_layer_range(self.layers, "model.layers")
 
@@ -171,7 +175,7 @@ class TrainConfig:
     max_steps: Optional[int] = None
     """Stop after this many optimizer steps (overrides ``epochs``)."""
     batch_size: int = 32
-    """Rows per forward pass on each device."""
+    """Rows per forward pass, in total: with N processes (torchrun) each one takes every N-th row of every batch."""
     grad_accum: int = 1
     """Forward passes per optimizer step."""
     label_smoothing: float = 0.0
@@ -198,8 +202,25 @@ class TrainConfig:
     """Run folder name; default: config file name plus a timestamp."""
     quiet: bool = False
     """No progress bars (log lines only), for batch jobs."""
+    trackers: List[str] = field(default_factory=list)
+    """Experiment trackers fed through accelerate: ``tensorboard`` (logs in RUN/tensorboard) and/or ``mlflow``
+    (``MLFLOW_TRACKING_URI``); off when empty. Needs ``pip install 'textlora[tensorboard]'`` / ``[mlflow]``."""
     num_threads: Optional[int] = None
     """CPU threads for torch; null keeps torch's default."""
+    max_tokens_per_batch: Optional[int] = None
+    """Also end a batch before rows x its longest text exceeds this (caps memory on long texts); null: rows only."""
+    prefix_cache: str = "auto"
+    """Frozen-prefix cache when LoRA starts above layer 0 (e.g. ``model.layers: 8-11``): the embeddings and layers
+    below are run once per text in eval mode, their output is kept in half precision and only the top layers run
+    each step. The one difference from uncached training: no dropout inside the cached layers. ``auto`` (on when
+    the lowest trained layer is above 0 and the cache fits ``prefix_cache_max_gb``), ``on`` (error if it cannot
+    be used) or ``off``."""
+    prefix_cache_dir: Optional[str] = None
+    """Keep the prefix cache in a memory-mapped file under this folder instead of in memory (deleted after training)."""
+    prefix_cache_max_gb: float = 4.0
+    """Largest prefix cache allowed, in GB (estimate: real tokens x hidden size x 2 bytes)."""
+    compile: bool = False
+    """``torch.compile`` the model (GPU; pays off on long runs; first steps are slower while it compiles)."""
 
     def __post_init__(self):
         _require(self.epochs > 0, "train.epochs", "must be > 0")
@@ -214,6 +235,15 @@ class TrainConfig:
         _require(self.log_every_steps > 0, "train.log_every_steps", "must be > 0")
         _require(self.patience is None or self.patience > 0, "train.patience", "must be > 0 or null")
         _require(self.keep_last >= 1, "train.keep_last", "must be >= 1")
+        for tracker in self.trackers:
+            _one_of(tracker, "train.trackers", ("tensorboard", "mlflow"))
+        _require(self.max_tokens_per_batch is None or self.max_tokens_per_batch > 0, "train.max_tokens_per_batch",
+                 "must be > 0 or null")
+        # YAML 1.1 reads a bare on/off as a boolean, which reaches here as "True"/"False".
+        object.__setattr__(self, "prefix_cache", {"true": "on", "false": "off"}.get(str(self.prefix_cache).lower(),
+                                                                                   self.prefix_cache))
+        _one_of(self.prefix_cache, "train.prefix_cache", ("auto", "on", "off"))
+        _require(self.prefix_cache_max_gb > 0, "train.prefix_cache_max_gb", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -241,7 +271,8 @@ def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] = ()) ->
         try:
             loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml errors come in several types
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config file {path} is not valid YAML ({' '.join(str(exc).split())}); "
+                              "fix the line it names") from None
         if not isinstance(loaded, DictConfig):  # a top-level list would fail the merge with a bare TypeError
             raise ConfigError(f"config file {path} must be a mapping of sections (model:, data:, optim:, train:), "
                               f"not a {type(loaded).__name__}")

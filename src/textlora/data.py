@@ -6,7 +6,7 @@ Everything that is dropped or changed is counted in the returned report and prin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -15,7 +15,7 @@ from sklearn.model_selection import train_test_split
 from .config import DataConfig, DataSource
 from .errors import DataError
 from .labels import LabelMap, build_label_map
-from .readers import read_table
+from .readers import iter_table, read_table
 
 
 @dataclass
@@ -77,6 +77,12 @@ def word_counts(texts: list[str]) -> np.ndarray:
     return np.fromiter((len(t.split()) for t in texts), dtype=np.int64, count=len(texts))
 
 
+def length_histogram(lengths: np.ndarray) -> dict:
+    """``{"words": [distinct word counts, ascending], "rows": [rows with that count]}`` for ``data_report.json``."""
+    words, rows = np.unique(lengths, return_counts=True)
+    return {"words": words.tolist(), "rows": rows.tolist()}
+
+
 def _drop_empty(texts: list[str], raw_labels: list, where: str, report: dict) -> tuple[list[str], list]:
     keep = [i for i, t in enumerate(texts) if t]
     dropped = len(texts) - len(keep)
@@ -122,6 +128,8 @@ def prepare_training_data(cfg: DataConfig, seed: int) -> TrainingData:
         train, validation = _carve_validation(texts, labels, cfg.validation_size, seed)
     report["validation_rows"] = len(validation)
 
+    # Word counts before and after the length filter, kept per length so the report can draw both.
+    report["train_length_histogram_before_filter"] = length_histogram(word_counts(train.texts))
     train = _length_filter(train, cfg, report)
     if len(set(train.labels)) < 2:
         raise DataError("after the length filter the training data has one class left; widen data.min_words/max_words")
@@ -130,6 +138,7 @@ def prepare_training_data(cfg: DataConfig, seed: int) -> TrainingData:
     lengths = word_counts(train.texts)
     report["train_words"] = {"median": float(np.median(lengths)), "p95": float(np.percentile(lengths, 95)),
                              "min": int(lengths.min()), "max": int(lengths.max())}
+    report["train_length_histogram"] = length_histogram(lengths)
 
     test = None
     if cfg.test is not None:
@@ -190,11 +199,7 @@ def load_inference_data(source: DataSource, label_map: Optional[LabelMap], clean
     ``text`` is used and that is said.
     """
     frame = read_table(source.path, source.column_names, source.split)
-    columns = list(source.text_columns)
-    if any(c not in frame.columns for c in columns) and "text" in frame.columns:
-        print(f"[data] {source.path}: columns {columns} not found, using its 'text' column")
-        columns = ["text"]
-    texts = extract_texts(frame, columns, f"data {source.path}", clean_backslashes)
+    texts = extract_texts(frame, _inference_text_columns(frame, source), f"data {source.path}", clean_backslashes)
     empty = sum(1 for t in texts if not t)
     stats = {"rows": len(texts), "empty_texts": empty}
     if empty:
@@ -203,3 +208,20 @@ def load_inference_data(source: DataSource, label_map: Optional[LabelMap], clean
     if need_labels:
         labels = label_map.encode(label_column(frame, source, f"data {source.path}"), f"data {source.path}")
     return Split(texts, labels), stats
+
+
+def iter_inference_texts(source: DataSource, clean_backslashes: bool, chunk_rows: int = 8192) -> Iterator[list[str]]:
+    """The rows' texts for predict, in input order, ``chunk_rows`` at a time (memory stays flat)."""
+    columns = None
+    for frame in iter_table(source.path, source.column_names, source.split, chunk_rows):
+        columns = columns or _inference_text_columns(frame, source)
+        yield extract_texts(frame, columns, f"data {source.path}", clean_backslashes)
+
+
+def _inference_text_columns(frame: pd.DataFrame, source: DataSource) -> list[str]:
+    """The run's text columns; Kaggle's pickle has a single ``text`` column instead, which is then used (and said)."""
+    columns = list(source.text_columns)
+    if any(c not in frame.columns for c in columns) and "text" in frame.columns:
+        print(f"[data] {source.path}: columns {columns} not found, using its 'text' column")
+        columns = ["text"]
+    return columns

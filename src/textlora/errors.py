@@ -22,3 +22,7 @@ class BudgetError(TextloraError):
 
 class RunFolderError(TextloraError):
     """A run folder is missing a file or a file in it is corrupt."""
+
+
+class WriteError(TextloraError):
+    """A result could not be written (disk full, read-only folder, no permission); nothing half-written is left."""

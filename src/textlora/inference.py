@@ -19,6 +19,7 @@ from .batching import Tokenized, make_loader, tokenize
 from .config import RunConfig, config_from_yaml_file
 from .errors import RunFolderError
 from .labels import LabelMap
+from .prefix_cache import PrefixCache, classifier_logits
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -34,21 +35,24 @@ def pick_device(name: str = "auto") -> torch.device:
 @torch.inference_mode()
 def predict_proba(model: torch.nn.Module, tokens: Tokenized, pad_id: int, batch_size: int = 64,
                   device: Optional[torch.device] = None, autocast=contextlib.nullcontext,
-                  progress: Optional[callable] = None) -> np.ndarray:
-    """Class probabilities ``[N, K]`` (float32) for every tokenized text, in input order."""
+                  progress: Optional[callable] = None, cache: Optional[PrefixCache] = None) -> np.ndarray:
+    """Class probabilities ``[N, K]`` (float32) for every tokenized text, in input order.
+
+    ``cache`` (the prefix cache of exactly these texts) skips the frozen bottom layers.
+    """
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
-    loader = make_loader(tokens, None, batch_size, pad_id, shuffle=False)
+    loader = make_loader(tokens, None, batch_size, pad_id, shuffle=False, cache=cache)
     out: Optional[np.ndarray] = None
     for batch in loader:
+        batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
         with autocast():
-            logits = model(input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device)).logits
+            logits = classifier_logits(model, batch, cache)
         probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         if out is None:
             out = np.zeros((len(tokens.ids), probs.shape[1]), dtype=np.float32)
-        out[batch["index"].numpy()] = probs
+        out[batch["index"].cpu().numpy()] = probs
         if progress:
             progress(len(batch["index"]))
     model.train(was_training)
@@ -88,7 +92,7 @@ def load_run(run_dir: Path, device: str = "auto", merge: bool = True) -> LoadedR
         raise RunFolderError(f"run folder {run_dir} does not exist; pass the folder that `textlora train` printed")
     for name in ("config.yaml", "labels.json"):
         if not (run_dir / name).is_file():
-            raise RunFolderError(f"run folder {run_dir} has no {name}; is it a textlora run folder?")
+            raise RunFolderError(f"run folder {run_dir} has no {name}; pass a run folder that `textlora train` wrote")
     config = config_from_yaml_file(run_dir / "config.yaml")
     label_map = LabelMap.load(run_dir / "labels.json")
     tokenizer_dir = run_dir / "tokenizer"

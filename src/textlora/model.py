@@ -2,12 +2,18 @@
 
 The head and any weights the checkpoint lacks (a fresh pooler, say) are named explicitly in
 ``modules_to_save`` so that what trains is decided here, not by a library default.
+
+Heads (``model.head``, see heads.py): ``standard`` is the model class's own head; ``linear`` swaps in
+dropout + one Linear on the first token (a ``LinearHead`` classifier for RoBERTa-style models, a
+parameter-free ``FirstToken`` pooler for BERT-style ones). Only ``standard`` exists in stock
+transformers: a merged export of a ``linear``-head run cannot be a stock model folder.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 import warnings
 from dataclasses import dataclass
@@ -21,6 +27,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from .config import ModelConfig
 from .errors import ConfigError, RunFolderError
+from .heads import apply_head
 from .labels import LabelMap
 
 # Architecture configs shipped with textlora so that `params` and `plan` count roberta-base
@@ -99,7 +106,10 @@ def load_model_config(name_or_path: str, label_map: Optional[LabelMap] = None, n
         config = AutoConfig.for_model(**{**data, **kwargs})
         if not shapes_only:
             print(f"[model] hub unreachable: using textlora's bundled {name_or_path} architecture config (shapes only)")
-    if not getattr(config, "hidden_size", None) or getattr(config, "is_encoder_decoder", False):
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    if not getattr(config, "hidden_size", None) or getattr(config, "is_encoder_decoder", False) \
+            or type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
         raise ConfigError(f"model.name_or_path={name_or_path!r} is a {config.model_type!r} model, not an encoder "
                           "that AutoModelForSequenceClassification supports; use e.g. roberta-base or a BERT model")
     return config
@@ -141,15 +151,23 @@ def build_base_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained
     if not pretrained:
         with torch.device("meta"):
             model = AutoModelForSequenceClassification.from_config(config)
+        apply_head(model, cfg.head)
         return model, [f"{name}.weight" for name in head_module_names(model)]
     try:
         _quiet_transformers()
         model, info = AutoModelForSequenceClassification.from_pretrained(
             resolve_model_location(cfg.name_or_path), config=config, output_loading_info=True)
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) met a pickle that is more than tensors
+        raise ConfigError(f"model.name_or_path={cfg.name_or_path!r}: its weights file is a pickle that asks to run "
+                          "code, which was refused without running it; use a model saved as safetensors "
+                          "(or one from a source you trust)") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model.name_or_path={cfg.name_or_path!r}: could not load pretrained weights "
                           f"({str(exc).splitlines()[0]})") from None
-    return model, sorted(info.get("missing_keys", []))
+    apply_head(model, cfg.head)
+    # A module the head replaced (e.g. a BERT pooler) is no longer missing: it is gone.
+    present = set(model.state_dict())
+    return model, sorted(key for key in info.get("missing_keys", []) if key in present)
 
 
 def _quiet_transformers() -> None:
@@ -188,8 +206,12 @@ def load_tokenizer(name_or_path: str):
                           f"({str(exc).splitlines()[0]})") from None
 
 
-def load_trained_model(run_dir: Path, base_name_or_path: str, label_map: LabelMap) -> PeftModel:
-    """Stock base model + the run's adapter (and head) from ``run_dir/adapter``."""
+def load_trained_model(run_dir: Path, base_name_or_path: str, label_map: LabelMap,
+                       head: Optional[str] = None) -> PeftModel:
+    """Stock base model + the run's adapter (and head) from ``run_dir/adapter``.
+
+    ``head`` defaults to the run's ``model.head`` (from its config.yaml), so the same head is rebuilt.
+    """
     adapter_dir = run_dir / "adapter"
     if not (adapter_dir / "adapter_config.json").is_file() or not (adapter_dir / "adapter_model.safetensors").is_file():
         raise RunFolderError(f"run folder {run_dir} has no adapter (expected {adapter_dir}/adapter_config.json and "
@@ -198,7 +220,16 @@ def load_trained_model(run_dir: Path, base_name_or_path: str, label_map: LabelMa
     _quiet_transformers()
     try:
         base = AutoModelForSequenceClassification.from_pretrained(base_name_or_path, config=config)
+        apply_head(base, head or _run_head(run_dir))
         return PeftModel.from_pretrained(base, adapter_dir)
     except Exception as exc:  # corrupt safetensors, mismatched shapes, bad JSON
         raise RunFolderError(f"could not load the adapter in {adapter_dir}: {str(exc).splitlines()[0]}. "
                              "The file is corrupt or from another base model; retrain or restore it") from None
+
+
+def _run_head(run_dir: Path) -> str:
+    """The ``model.head`` a run was trained with (``standard`` for runs older than the setting)."""
+    from .config import config_from_yaml_file
+
+    path = Path(run_dir) / "config.yaml"
+    return config_from_yaml_file(path).model.head if path.is_file() else "standard"

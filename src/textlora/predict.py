@@ -8,13 +8,19 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
+from .checkpoint import removed_on_failure
 from .config import DataSource
 from .errors import DataError
 
 
 def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = False, with_probs: bool = False,
-            batch_size: int = 64, device: str = "auto") -> dict:
+            batch_size: int = 64, device: str = "auto", chunk_rows: int = 8192) -> dict:
     """Write ``output`` as CSV ``ID,Label`` (ID = row index, Label = class id 0..K-1).
+
+    Rows are read, classified and written ``chunk_rows`` at a time, so memory stays flat on
+    files of any length (CSV/TSV/JSONL/Parquet; pickles and JSON are read whole first).
 
     Args:
         with_names: add a ``LabelName`` column.
@@ -22,7 +28,9 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
     Returns:
         Counts: rows written, empty texts, truncated texts, rows per predicted class.
     """
-    from .data import load_inference_data
+    from tqdm.auto import tqdm
+
+    from .data import iter_inference_texts
     from .inference import load_run
 
     output = Path(output)
@@ -31,27 +39,36 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
     if not output.parent.exists():
         raise DataError(f"--output folder {output.parent} does not exist; create it first")
     run = load_run(run_dir, device=device)
-    split, stats = load_inference_data(source, None, run.config.data.clean_backslashes, need_labels=False)
-    probs, truncated = run.probabilities(split.texts, batch_size)
     names = run.label_map.names
-    preds = probs.argmax(axis=1)
     header = ["ID", "Label"] + (["LabelName"] if with_names else []) + ([f"prob_{n}" for n in names] if with_probs else [])
+    per_class = np.zeros(len(names), dtype=np.int64)
+    rows = empty = truncated = 0
     tmp = output.with_name(output.name + ".tmp")
-    # Written to a temp file and renamed: an interrupted run never leaves half a submission.
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for i, (label, row) in enumerate(zip(preds.tolist(), probs)):
-            line = [i, label] + ([names[label]] if with_names else [])
-            if with_probs:
-                line += [f"{p:.6f}" for p in row.tolist()]
-            writer.writerow(line)
-    os.replace(tmp, output)
-    counts = {names[i]: int((preds == i).sum()) for i in range(len(names))}
-    result = {"rows": len(split), "empty_texts": stats["empty_texts"], "truncated_texts": truncated,
-              "predicted_per_class": counts, "output": str(output)}
-    print(f"wrote {len(split)} predictions to {output}; per class: {counts}")
-    return result
+    # Written to a temp file and renamed: a failed or interrupted run never leaves half a submission.
+    with removed_on_failure(tmp, f"predictions {output}", "free disk space (or check permissions) and run predict again"):
+        with tmp.open("w", newline="") as handle, tqdm(desc="predict", unit=" rows", disable=None) as bar:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            for texts in iter_inference_texts(source, run.config.data.clean_backslashes, chunk_rows):
+                probs, cut = run.probabilities(texts, batch_size)
+                preds = probs.argmax(axis=1)
+                for i, (label, row) in enumerate(zip(preds.tolist(), probs)):
+                    line = [rows + i, label] + ([names[label]] if with_names else [])
+                    if with_probs:
+                        line += [f"{p:.6f}" for p in row.tolist()]
+                    writer.writerow(line)
+                rows, truncated = rows + len(texts), truncated + cut
+                empty += sum(1 for t in texts if not t)
+                per_class += np.bincount(preds, minlength=len(names))
+                bar.update(len(texts))
+        os.replace(tmp, output)
+    if empty:
+        print(f"[data] {source.path}: {empty} row(s) have empty text; they are classified from an empty input")
+    counts = {name: int(n) for name, n in zip(names, per_class)}
+    print(f"wrote {rows} predictions to {output}; per class: {counts}; "
+          f"{truncated} text(s) truncated at model.max_length={run.config.model.max_length} tokens")
+    return {"rows": rows, "empty_texts": empty, "truncated_texts": truncated, "predicted_per_class": counts,
+            "output": str(output)}
 
 
 def classify(run_dir: Path, texts: Sequence[str], as_json: bool = False, device: str = "auto") -> list[dict]:

@@ -6,8 +6,9 @@ decides what a text or a label is (that is :mod:`textlora.data`).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import pandas as pd
 
@@ -46,6 +47,38 @@ def read_table(path: str, column_names: Optional[Sequence[str]] = None, split: O
         raise DataError("no data path given: set data.train.path (a CSV/JSONL/Parquet/pickle file or a hub dataset name)")
     if looks_like_hub_name(path):
         return _read_hub(path, split or "train")
+    file, fmt = _checked_file(path)
+    with _read_errors(file, fmt):
+        frame = _READERS[fmt](file, column_names)
+    if len(frame) == 0:
+        raise DataError(f"data file {file} has no data rows; write rows into it or point at another file")
+    return frame
+
+
+def iter_table(path: str, column_names: Optional[Sequence[str]] = None, split: Optional[str] = None,
+               chunk_rows: int = 8192) -> Iterator[pd.DataFrame]:
+    """Like :func:`read_table`, but yields the rows in order, ``chunk_rows`` at a time.
+
+    CSV, TSV, JSONL and Parquet files are streamed, so memory stays flat however long the file;
+    JSON, pickle and hub datasets have no streaming form and are read whole, then cut.
+    """
+    if looks_like_hub_name(path) or FILE_FORMATS.get(Path(path).suffix.lower()) in ("json", "pickle"):
+        frame = read_table(path, column_names, split)
+        for start in range(0, len(frame), chunk_rows):
+            yield frame.iloc[start:start + chunk_rows].reset_index(drop=True)
+        return
+    file, fmt = _checked_file(path)
+    rows = 0
+    with _read_errors(file, fmt):
+        for frame in _STREAMERS[fmt](file, column_names, chunk_rows):
+            rows += len(frame)
+            yield frame.reset_index(drop=True)
+    if rows == 0:
+        raise DataError(f"data file {file} has no data rows; write rows into it or point at another file")
+
+
+def _checked_file(path: str) -> tuple[Path, str]:
+    """The file and its format, after the checks every reader needs (exists, a file, known suffix, not empty)."""
     file = Path(path)
     if not file.exists():
         raise DataError(f"data file {file} does not exist; check the path (relative paths start at the current directory)")
@@ -55,9 +88,15 @@ def read_table(path: str, column_names: Optional[Sequence[str]] = None, split: O
     if fmt is None:
         raise DataError(f"data file {file} has suffix {file.suffix!r}; supported: {', '.join(sorted(FILE_FORMATS))}")
     if file.stat().st_size == 0:
-        raise DataError(f"data file {file} is empty")
+        raise DataError(f"data file {file} is empty (0 bytes); write rows into it or point at another file")
+    return file, fmt
+
+
+@contextlib.contextmanager
+def _read_errors(file: Path, fmt: str):
+    """Turns a parser's exception into one DataError that names the file and the fix."""
     try:
-        frame = _READERS[fmt](file, column_names)
+        yield
     except DataError:
         raise
     except UnicodeDecodeError as exc:
@@ -66,10 +105,8 @@ def read_table(path: str, column_names: Optional[Sequence[str]] = None, split: O
             "re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
         ) from None
     except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"data file {file} could not be read as {fmt}: {_first_line(exc)}") from None
-    if len(frame) == 0:
-        raise DataError(f"data file {file} has no data rows")
-    return frame
+        raise DataError(f"data file {file} could not be read as {fmt}: {_first_line(exc)}; check that it is a "
+                        f"complete {fmt} file (or give it the suffix of its real format)") from None
 
 
 def _first_line(exc: Exception) -> str:
@@ -77,18 +114,24 @@ def _first_line(exc: Exception) -> str:
 
 
 def _read_delimited(file: Path, column_names, sep: str) -> pd.DataFrame:
+    return next(_stream_delimited(file, column_names, sep, None))
+
+
+def _stream_delimited(file: Path, column_names, sep: str, chunk_rows: Optional[int]) -> Iterator[pd.DataFrame]:
     # dtype=str + keep_default_na=False: texts like "NA" or "null" stay texts, and empty cells
     # become "" (counted later) instead of float NaN.
     # The names are set after reading: given to read_csv, too few would silently add empty columns
     # and too many file columns would silently become the index (shifting every column left).
     header = None if column_names else "infer"
-    frame = pd.read_csv(file, sep=sep, header=header, dtype=str, keep_default_na=False, encoding="utf-8")
-    if column_names:
-        if len(frame.columns) != len(column_names):
-            raise DataError(f"data file {file} has {len(frame.columns)} columns but column_names lists "
-                            f"{len(column_names)} ({', '.join(column_names)}); fix column_names")
-        frame.columns = list(column_names)
-    return frame
+    reader = pd.read_csv(file, sep=sep, header=header, dtype=str, keep_default_na=False, encoding="utf-8",
+                         chunksize=chunk_rows)
+    for frame in ([reader] if chunk_rows is None else reader):
+        if column_names:
+            if len(frame.columns) != len(column_names):
+                raise DataError(f"data file {file} has {len(frame.columns)} columns but column_names lists "
+                                f"{len(column_names)} ({', '.join(column_names)}); fix column_names")
+            frame.columns = list(column_names)
+        yield frame
 
 
 def _read_jsonl(file: Path, column_names) -> pd.DataFrame:
@@ -116,6 +159,21 @@ _READERS = {
     "json": _read_json,
     "parquet": _read_parquet,
     "pickle": _read_pickle,
+}
+
+
+def _stream_parquet(file: Path, column_names, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(file).iter_batches(batch_size=chunk_rows):
+        yield batch.to_pandas()
+
+
+_STREAMERS = {
+    "csv": lambda f, c, n: _stream_delimited(f, c, ",", n),
+    "tsv": lambda f, c, n: _stream_delimited(f, c, "\t", n),
+    "jsonl": lambda f, c, n: pd.read_json(f, lines=True, dtype=False, encoding="utf-8", chunksize=n),
+    "parquet": _stream_parquet,
 }
 
 

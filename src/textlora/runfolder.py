@@ -12,6 +12,8 @@
       eval.json            best model on the validation split
       test_eval.json       best model on data.test, when given
       summary.json         best metric, trainable params, wall time, throughput
+      predictions/         per-example probabilities of the best model (validation.csv, test.csv)
+      report/              report.md and its PNG figures (report.py)
 """
 
 from __future__ import annotations
@@ -68,17 +70,26 @@ class MetricsLog:
     def __init__(self, path: Path, enabled: bool = True):
         self.path = path
         self.enabled = enabled
+        self.on_write = None  # also called with every record written (experiment trackers), when set
 
     def truncate_after(self, step: int) -> None:
-        """On resume: drop lines logged after the checkpoint we resume from."""
+        """On resume: drop lines logged after the checkpoint we resume from (and a line cut off by a kill)."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [line for line in self.path.read_text().splitlines() if (at := _step(line)) is not None and at <= step]
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if self.enabled:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+            if self.on_write is not None:
+                self.on_write(record)
 
+
+def _step(line: str):
+    """The step of one metrics.jsonl line; None for a blank line or one cut off mid-write."""
+    try:
+        return json.loads(line).get("step", 0) if line.strip() else None
+    except ValueError:
+        return None

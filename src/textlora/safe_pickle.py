@@ -208,8 +208,8 @@ def read_pickled_table(path: Path) -> pd.DataFrame:
         if isinstance(exc, EOFError) and path.stat().st_size == 0:
             raise DataError(f"{path}: the file is empty; expected a pickled DataFrame or Dataset.") from None
         raise DataError(
-            f"{path}: cannot be unpickled ({type(exc).__name__}: {exc}). The file is not a pickle, is "
-            f"truncated or corrupt, or was written by incompatible library versions; {_CONVERT_HINT}."
+            f"{path}: cannot be unpickled ({type(exc).__name__}: {' '.join(str(exc).split())}). The file is not a "
+            f"pickle, is truncated or corrupt, or was written by incompatible library versions; {_CONVERT_HINT}."
         ) from exc
     return _to_frame(obj, path)
 

@@ -19,16 +19,22 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .batching import make_loader, tokenize
+from .batching import make_loader
 from .budget import enforce_budget, trainable_breakdown
 from .config import RunConfig, TrainConfig, config_from_yaml_file
 from .data import TrainingData, prepare_training_data
+from .distributed import prepare_train_loader
 from .errors import ConfigError, RunFolderError
 from .evaluate import classification_metrics, format_metrics, write_metrics
 from .inference import predict_proba
+from .interrupts import DeferredInterrupt
 from .model import build_model, load_tokenizer
 from .optim import build_optimizer, build_scheduler
+from .prefix_cache import PrefixCache, build_prefix_caches, classifier_logits
 from .runfolder import MetricsLog, new_run_dir, with_absolute_paths, write_config, write_json
+from .rundata import PREDICTIONS_DIR, full_model_params, save_predictions
+from .token_cache import tokenize_cached
+from .trackers import check_trackers, end_trackers, start_trackers
 
 
 @dataclass
@@ -45,6 +51,9 @@ class LoopState:
     samples: int = 0
     tokens: int = 0
     train_seconds: float = 0.0
+    window_loss: float = 0.0
+    """Loss sum and micro-batch count since the last train log line (saved by an interrupt, between log lines)."""
+    window_count: int = 0
     best_state: dict = field(default_factory=dict, repr=False)
 
 
@@ -62,12 +71,21 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         if torch.cuda.is_available() and not use_cpu:
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            precision = "no"  # measured: bf16 autocast is slower than fp32 on CPUs without AMX
+            # Measured (BENCHMARKS.md): without AMX tiles bf16 autocast is slower than fp32 on CPU.
+            precision = "bf16" if use_cpu and _cpu_has_amx() else "no"
     if precision == "fp16" and use_cpu:
         raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on CPU")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    return Accelerator(mixed_precision=precision, cpu=use_cpu)
+    return Accelerator(mixed_precision=precision, cpu=use_cpu, dynamo_backend="inductor" if cfg.compile else None)
+
+
+def _cpu_has_amx() -> bool:
+    """True on CPUs with AMX bf16 tiles (Sapphire Rapids and later), where bf16 matmuls beat fp32."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
 
 
 def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = None) -> Path:
@@ -89,6 +107,7 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
     built = build_model(config.model, data.label_map)
     breakdown = trainable_breakdown(built, config.model.max_trainable_params)
     enforce_budget(config.model, breakdown, built)
+    check_trackers(config.train.trackers)
     print(breakdown.table())
     tokenizer = load_tokenizer(config.model.name_or_path)
     run_dir = resume if resume is not None else (new_run_dir(config, config_name) if main else None)
@@ -102,19 +121,24 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
         tokenizer.save_pretrained(run_dir / "tokenizer")
 
     max_length = config.model.max_length
-    train_tokens = tokenize(tokenizer, data.train.texts, max_length)
-    val_tokens = tokenize(tokenizer, data.validation.texts, max_length)
+    train_tokens = tokenize_cached(tokenizer, data.train.texts, max_length)
+    val_tokens = tokenize_cached(tokenizer, data.validation.texts, max_length)
     data.report["train_truncated_texts"] = train_tokens.truncated
     data.report["train_tokens"] = int(train_tokens.lengths.sum())
     if main and resume is None:
         write_json(run_dir / "data_report.json", data.report)
 
-    loader = make_loader(train_tokens, data.train.labels, config.train.batch_size, tokenizer.pad_token_id,
-                         seed=config.train.seed, shuffle=True, pin_memory=torch.cuda.is_available())
     model = built.model
     trained_modules = built.head_modules + built.fresh_modules
     optimizer = build_optimizer(model, config.optim, trained_modules)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    caches = build_prefix_caches(config.train, accelerator.unwrap_model(model), (train_tokens, val_tokens),
+                                 tokenizer.pad_token_id, accelerator.device, accelerator.autocast,
+                                 log=accelerator.is_main_process)
+    loader = make_loader(train_tokens, data.train.labels, config.train.batch_size, tokenizer.pad_token_id,
+                         seed=config.train.seed, shuffle=True, max_tokens=config.train.max_tokens_per_batch,
+                         pin_memory=torch.cuda.is_available(), cache=caches[0])
+    loader = prepare_train_loader(accelerator, loader)  # its share of each global batch per process
     accum = config.train.grad_accum
     steps_per_epoch = max(1, math.ceil(len(loader) / accum))
     total_steps = config.train.max_steps or math.ceil(config.train.epochs * steps_per_epoch)
@@ -124,13 +148,21 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
 
     state = LoopState()
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=main)
+    if main:
+        log.on_write = start_trackers(accelerator, config, run_dir)
     if resume is not None:
         state = _resume(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, log)
 
     loop = _Loop(config, accelerator, model, optimizer, scheduler, loader, val_tokens, data,
                  tokenizer.pad_token_id, run_dir, log, state, total_steps, steps_per_epoch)
-    loop.run()
-    return _finish(loop, data, tokenizer, breakdown.total, started)
+    loop.train_cache, loop.val_cache = caches
+    try:
+        loop.run()
+        return _finish(loop, data, tokenizer, breakdown.total, started)
+    finally:
+        for cache in caches:
+            if cache is not None:
+                cache.close()
 
 
 def _broadcast(accelerator: Accelerator, text: str) -> str:
@@ -175,6 +207,8 @@ class _Loop:
         self._tokens = 0  # tokens seen since the last _sync_counters (a device tensor once training runs)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
         self.stop = False
+        self.train_cache: Optional[PrefixCache] = None
+        self.val_cache: Optional[PrefixCache] = None
 
     def run(self) -> None:
         cfg, state = self.cfg, self.state
@@ -182,16 +216,21 @@ class _Loop:
                    desc="train", dynamic_ncols=True)
         self.model.train()
         # Loss and token counts stay on the device between log lines: reading them back every
-        # micro-batch would make the GPU wait for the host at each step.
-        window_loss, window_count = 0.0, 0
-        try:
-            while state.step < self.total_steps and not self.stop:
+        # micro-batch would make the GPU wait for the host at each step. The window is non-empty
+        # only when resuming from an interrupt's checkpoint, taken between log lines.
+        window_loss, window_count = state.window_loss, state.window_count
+        state.window_loss, state.window_count = 0.0, 0
+        # Ctrl-C / SIGTERM stop after the current optimizer step, where a checkpoint is exact.
+        interrupt = DeferredInterrupt(enabled=self.accelerator.num_processes == 1)
+        with interrupt:
+            while state.step < self.total_steps and not self.stop and not interrupt.requested:
+                # accelerate's loader re-seeds the sampler with its own iteration count on every
+                # __iter__; telling it the epoch keeps the order a function of (seed, epoch) alone.
+                # Told through self.loader: a skipping loader's set_epoch does not reach the sampler.
+                self.loader.set_epoch(state.epoch)
                 batches = self.loader
                 if state.batches_done:
                     batches = self.accelerator.skip_first_batches(self.loader, state.batches_done)
-                # accelerate's loader re-seeds the sampler with its own iteration count on every
-                # __iter__; telling it the epoch keeps the order a function of (seed, epoch) alone.
-                batches.set_epoch(state.epoch)
                 tick = time.time()
                 for micro, batch in enumerate(batches, start=state.batches_done):
                     loss = self._forward_backward(batch)
@@ -206,7 +245,8 @@ class _Loop:
                     tick = time.time()
                     bar.update(1)
                     if state.step % cfg.log_every_steps == 0 or state.step == self.total_steps:
-                        self._log_train(float(window_loss) / window_count, bar)
+                        # The mean over processes: each one saw only its share of the rows.
+                        self._log_train(float(self.accelerator.reduce(window_loss, "mean")) / window_count, bar)
                         window_loss, window_count = 0.0, 0
                     if (cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0) or \
                             (cfg.eval_every_steps is None and last_of_epoch) or state.step == self.total_steps:
@@ -214,21 +254,22 @@ class _Loop:
                         # A resumed run starts its loss window here too: logs stay identical.
                         window_loss, window_count = 0.0, 0
                         tick = time.time()
-                    if state.step >= self.total_steps or self.stop:
+                    if state.step >= self.total_steps or self.stop or interrupt.requested:
                         break
                 else:
                     state.epoch += 1
                     state.batches_done = 0
-        except KeyboardInterrupt:
-            self._checkpoint()
-            bar.close()
-            raise
         bar.close()
+        if interrupt.requested and state.step < self.total_steps and not self.stop:
+            state.window_loss, state.window_count = float(window_loss), window_count
+            self._checkpoint()
+            raise KeyboardInterrupt(f"{interrupt.requested} at step {state.step} of {self.total_steps}: checkpoint "
+                                    f"saved; continue with `textlora train --resume {self.run_dir}`")
 
     def _forward_backward(self, batch) -> torch.Tensor:
         """One micro-batch; returns its loss as a detached 0-d tensor (still on the device)."""
         with self.accelerator.autocast():
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = classifier_logits(self.model, batch, self.train_cache)
             loss = self.loss_fn(logits.float(), batch["labels"])
         self.accelerator.backward(loss / self.cfg.grad_accum)
         self.state.samples += batch["labels"].shape[0] * self.accelerator.num_processes
@@ -255,7 +296,8 @@ class _Loop:
         rate = state.samples / max(state.train_seconds, 1e-9)
         record = {"kind": "train", "step": state.step, "epoch": round(state.step / self.steps_per_epoch, 4),
                   "loss": round(loss, 6), "lr": lr, "samples_per_s": round(rate, 2),
-                  "tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1)}
+                  "tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1),
+                  "samples": state.samples, "train_seconds": round(state.train_seconds, 3)}
         self.log.write(record)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.1f}")
         if self.cfg.quiet and self.accelerator.is_main_process:
@@ -264,8 +306,9 @@ class _Loop:
     def validate(self) -> dict:
         model = self.accelerator.unwrap_model(self.model)
         probs = predict_proba(model, self.val_tokens, self.pad_id, self.cfg.batch_size * 2,
-                              self.accelerator.device, autocast=self.accelerator.autocast)
+                              self.accelerator.device, autocast=self.accelerator.autocast, cache=self.val_cache)
         self.model.train()
+        self.val_probs = probs  # the last validation's [N, K] probabilities: _finish saves the best model's
         return classification_metrics(self.data.validation.labels, probs, self.data.label_map.names)
 
     def _evaluate_and_checkpoint(self) -> None:
@@ -295,8 +338,10 @@ class _Loop:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             tmp = self.run_dir / "adapter.tmp"
-            self.accelerator.unwrap_model(self.model).save_pretrained(tmp)
-            ckpt.replace_dir(tmp, self.run_dir / "adapter")
+            with ckpt.removed_on_failure(tmp, f"the adapter in {self.run_dir}", "free disk space, then continue "
+                                         f"with `textlora train --resume {self.run_dir}`"):
+                self.accelerator.unwrap_model(self.model).save_pretrained(tmp)
+                ckpt.replace_dir(tmp, self.run_dir / "adapter")
 
     def _checkpoint(self) -> None:
         self._sync_counters()
@@ -325,21 +370,34 @@ def _finish(loop: _Loop, data: TrainingData, tokenizer, trainable: int, started:
                "trainable_params": trainable, "train_seconds": round(state.train_seconds, 2),
                "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
                "train_tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1)}
+    if loop.train_cache is not None:
+        summary["prefix_cache"] = {"start_layer": loop.train_cache.start, "build_seconds": round(
+            loop.train_cache.build_seconds + loop.val_cache.build_seconds, 2), "gigabytes": round(
+            (loop.train_cache.nbytes + loop.val_cache.nbytes) / 1e9, 3)}
+    summary["model_params"] = full_model_params(model)
+    names = data.label_map.names
     if accelerator.is_main_process:
         write_metrics(run_dir / "eval.json", {**metrics, "split": "validation", "step": state.best_step})
+        save_predictions(run_dir / PREDICTIONS_DIR / "validation.csv", data.validation.texts, data.validation.labels,
+                         loop.val_probs, names)
     if data.test is not None:
-        test_tokens = tokenize(tokenizer, data.test.texts, loop.config.model.max_length)
+        test_tokens = tokenize_cached(tokenizer, data.test.texts, loop.config.model.max_length)
         probs = predict_proba(model, test_tokens, loop.pad_id, loop.cfg.batch_size * 2, accelerator.device,
                               autocast=accelerator.autocast)
         test = classification_metrics(data.test.labels, probs, data.label_map.names)
         summary["test_accuracy"] = test["accuracy"]
         if accelerator.is_main_process:
             write_metrics(run_dir / "test_eval.json", {**test, "split": "test", "data": loop.config.data.test.path})
+            save_predictions(run_dir / PREDICTIONS_DIR / "test.csv", data.test.texts, data.test.labels, probs, names)
     summary["wall_seconds"] = round(time.time() - started, 2)
     if accelerator.is_main_process:
         write_json(run_dir / "summary.json", summary)
         print("\n" + format_metrics(metrics))
         print(_summary_text(summary))
+        from .report import report_after_training  # matplotlib is loaded only now
+
+        report_after_training(run_dir)
+    end_trackers(accelerator)
     return run_dir
 
 

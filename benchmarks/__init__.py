@@ -1,0 +1,1 @@
+"""Benchmarks of textlora against the Trainer + PEFT notebook stack; results go to BENCHMARKS.md."""

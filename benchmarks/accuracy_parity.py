@@ -1,0 +1,154 @@
+"""Accuracy parity: the same configuration trained with the notebook stack and with textlora.
+
+    python benchmarks/accuracy_parity.py                       # MiniLM-L6, 4,000 rows, 1 epoch, full test split
+    python benchmarks/accuracy_parity.py --seeds 42,43,44      # several training seeds, means reported
+
+Both arms train all-MiniLM-L6-v2 with the quickstart's LoRA (r=8, alpha 16, dropout 0.1 on
+query/value), on the same real AG News train rows, for the same epochs, with the same batch,
+learning rate, schedule, gradient clipping and seed, and are scored on the full AG News test split:
+
+- ``notebook``: Trainer + ``get_peft_model`` with ``padding=True`` in ``datasets.map``, then the
+  notebooks' batch-8 prediction loop;
+- ``textlora``: ``textlora.train.train`` with the test split as ``data.test`` (its own evaluation).
+
+Both score their final model (textlora validates only after its last step, so nothing is picked
+on validation). The target: textlora's test accuracy >= the notebook stack's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: python benchmarks/accuracy_parity.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from benchmarks import common as bc
+from benchmarks import stacks
+
+ARMS = ("notebook", "textlora")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2)")
+    p.add_argument("--data", default=None, help="AG News train CSV (default: ../shared train rows)")
+    p.add_argument("--test", default=None, help="AG News test CSV (default: the full test split)")
+    p.add_argument("--rows", type=int, default=4000, help="training rows")
+    p.add_argument("--val-rows", type=int, default=200, help="validation rows textlora checks after training")
+    p.add_argument("--test-rows", type=int, default=None, help="score on a sample of the test split (default: all)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=32, help="the quickstart's batch")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seeds", default="42", help="training seeds, comma-separated")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the row sample")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--arms", default="notebook,textlora")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per arm (default: torch's own)")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--out", default=str(bc.REPO / "BENCHMARKS.md"), help="markdown file to update, or 'none'")
+    p.add_argument("--child", default=None, choices=ARMS, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def run_arm(arm: str, setup: stacks.TrainSetup, workdir: Path) -> dict:
+    """Train ``arm`` on ``workdir/train.csv`` and score it on ``workdir/test.csv``."""
+    started = time.perf_counter()
+    if arm == "notebook":
+        trainer = stacks.build_trainer_arm(setup, workdir / "train.csv", True, workdir / f"trainer-{setup.seed}")
+        train_start = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - train_start
+        tokenizer = trainer.processing_class
+        test = bc.read_rows(workdir / "test.csv")
+        preds = stacks.notebook_predict(trainer.model, tokenizer, test.texts, 8, setup.device)
+        accuracy = float(np.mean(preds == np.asarray(test.labels)))
+        losses = stacks.trainer_losses(trainer)
+    else:
+        from textlora.config import load_config
+        from textlora.train import train
+
+        overrides = stacks.textlora_overrides(setup, workdir / "train.csv", workdir / "val.csv", workdir / "runs",
+                                          f"parity-{setup.seed}-{int(time.time())}", test_csv=workdir / "test.csv")
+        run_dir = train(load_config(None, tuple(overrides)), config_name="parity")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        train_s = summary["train_seconds"]
+        accuracy, losses = summary["test_accuracy"], stacks.textlora_losses(run_dir)
+    return {"arm": arm, "seed": setup.seed, "test_accuracy": round(accuracy, 4), "final_loss": bc.mean_last(losses),
+            "train_s": round(train_s, 1), "total_s": round(time.perf_counter() - started, 1),
+            **bc.peak_memory_mb()}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="textlora-parity-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.child:
+        saved = json.loads((workdir / "setup.json").read_text())
+        setup = stacks.TrainSetup(**{**saved, "targets": tuple(saved["targets"]), "seed": args.seed})
+        bc.save_json(Path(args.result), run_arm(args.child, setup, workdir))
+        return 0
+    device = bc.pick_device(args.device)
+    data = Path(args.data) if args.data else bc.default_train_data()
+    test = Path(args.test) if args.test else bc.default_test_data()
+    bc.write_rows(bc.load_agnews(data, args.rows, args.data_seed), workdir / "train.csv")
+    bc.write_rows(bc.load_agnews(data, args.val_rows, args.data_seed, skip=args.rows), workdir / "val.csv")
+    test_rows = bc.load_agnews(test, args.test_rows, args.data_seed)
+    bc.write_rows(test_rows, workdir / "test.csv")
+    model_dir = bc.materialize_model(args.model or bc.default_model("cpu"), workdir)
+    setup = stacks.TrainSetup(model_dir=model_dir, device=device, batch_size=args.batch_size, epochs=args.epochs,
+                              lr=args.lr, log_every=10)
+    (workdir / "setup.json").write_text(json.dumps(asdict(setup)))
+    args.threads_note = bc.limit_threads(args.threads)
+    arms = [a for a in args.arms.split(",") if a]
+    results = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for arm in arms:
+            print(f"\n[bench] ---- arm {arm}, seed {seed} ----", flush=True)
+            argv_child = ["--child", arm, "--seed", str(seed), "--workdir", str(workdir)]
+            results.append(bc.run_child(Path(__file__).resolve(), argv_child, workdir / f"result-{arm}-{seed}.json"))
+    text = report(args, setup, results, len(test_rows.texts), data, test)
+    print("\n" + text)
+    if args.out != "none":
+        bc.write_section(Path(args.out), f"accuracy_parity-{device}", text)
+    print(f"[bench] files in {workdir}")
+    return 0
+
+
+def report(args, setup: stacks.TrainSetup, results: list[dict], test_count: int, data: Path, test: Path) -> str:
+    table = [[r["arm"], r["seed"], r["test_accuracy"], r["final_loss"], r["train_s"], r["process_peak_rss_mb"]]
+             for r in results]
+    means = {arm: float(np.mean([r["test_accuracy"] for r in results if r["arm"] == arm]))
+             for arm in dict.fromkeys(r["arm"] for r in results)}
+    lines = [f"- mean test accuracy of {arm}: **{value:.4f}**" for arm, value in means.items()]
+    if {"notebook", "textlora"} <= means.keys():
+        diff = means["textlora"] - means["notebook"]
+        lines.append(f"- textlora - notebook: {diff:+.4f} ({diff * test_count:+.0f} of {test_count:,} test rows; "
+                     f"target: >= 0)")
+    text = [f"## Accuracy parity: {setup.device}, {Path(setup.model_dir).name}", "",
+            f"Command: `{bc.command_line()}`", "",
+            f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {bc.machine()}.", "",
+            f"{args.rows:,} real AG News train rows from {data} (sample seed {args.data_seed}), {setup.epochs:g} "
+            f"epoch(s), batch {setup.batch_size}, LoRA r={setup.lora_r} alpha={setup.lora_alpha:g} dropout "
+            f"{setup.lora_dropout} on {','.join(setup.targets)}, AdamW lr {setup.lr:g} weight decay "
+            f"{setup.weight_decay}, linear schedule with {setup.warmup_ratio:g} warm-up, gradient clipping "
+            f"{setup.max_grad_norm}; final models scored on {test_count:,} rows of {test}. Notebook: Trainer + PEFT, "
+            "`padding=True` in `datasets.map`, batch-8 prediction loop. textlora: its own training and evaluation. "
+            f"Each arm in its own process, with {args.threads_note}.", "",
+            bc.markdown_table(["arm", "seed", "test accuracy", "final train loss", "train s", "peak RSS (MB)"], table),
+            "", *lines]
+    return "\n".join(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Export stage: a run's best model as a plain Hugging Face folder, LoRA folded into the weights.
+
+The folder loads with stock ``transformers`` alone (no textlora, no peft)::
+
+    pipeline("text-classification", model="exported/")   # -> [{"label": "Sports", "score": 0.97}]
+
+    OUT/
+      config.json             stock model config, id2label / label2id from the run's label names
+      model.safetensors       merged weights: base + LoRA update, classification head included
+      tokenizer files         model_max_length set to the run's model.max_length (same truncation)
+      textlora.json           where it came from: base model, labels, trainable params, run metrics
+      model.onnx              with --onnx: the same network for ONNX Runtime (checked against PyTorch)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+import numpy as np
+import torch
+
+from .errors import RunFolderError, TextloraError
+
+EXPORT_INFO = "textlora.json"
+# Heads that the stock AutoModelForSequenceClassification class builds itself; anything else
+# (e.g. a light `linear` head) has no stock class to load into.
+STOCK_HEADS = {None, "", "default", "standard", "auto"}
+
+
+class ExportError(TextloraError):
+    """The run cannot be exported as asked."""
+
+
+def run_info(run_dir: Path, config, label_map) -> dict:
+    """What ``textlora serve`` reports at ``/v1/model``: base model, labels, budget, metrics."""
+    summary = _read_json(run_dir / "summary.json")
+    metrics = {key: summary[key] for key in ("validation_accuracy", "test_accuracy", "best_metric", "best_value",
+                                             "best_step") if summary.get(key) is not None}
+    return {
+        "base_model": config.model.name_or_path,
+        "labels": list(label_map.names),
+        "max_length": config.model.max_length,
+        "clean_backslashes": config.data.clean_backslashes,
+        "trainable_params": summary.get("trainable_params"),
+        "lora": {"r": config.model.lora_r, "alpha": config.model.lora_alpha,
+                 "target_modules": list(config.model.target_modules), "layers": config.model.layers},
+        "metrics": metrics,
+        "run_dir": str(Path(run_dir).resolve()),
+    }
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def check_exportable_head(config, run_dir: Path) -> None:
+    """Refuse a run whose classification head has no stock ``transformers`` class."""
+    head = getattr(config.model, "head", None)
+    if head not in STOCK_HEADS:
+        raise ExportError(
+            f"run {run_dir} uses model.head={head!r}, which stock transformers cannot represent, so it cannot be "
+            "exported as a plain Hugging Face model; serve the run folder itself (`textlora serve RUN`) or "
+            "retrain with the model's standard head"
+        )
+
+
+def export(run_dir: Path, out_dir: Path, onnx: bool = False, force: bool = False) -> dict:
+    """Write the run's merged model to ``out_dir`` (written to a temp folder, then renamed into place).
+
+    Args:
+        run_dir: a finished run folder (adapter/, tokenizer/, config.yaml, labels.json).
+        out_dir: the folder to create; it must not exist (or be empty) unless ``force``.
+        onnx: also write ``model.onnx`` and check its logits against PyTorch.
+        force: replace an existing ``out_dir``.
+    Returns:
+        The export info written to ``textlora.json`` (plus ``onnx_max_abs_diff`` with ``onnx``).
+    """
+    from .config import config_from_yaml_file
+    from .inference import load_run
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if (run_dir / "config.yaml").is_file():
+        check_exportable_head(config_from_yaml_file(run_dir / "config.yaml"), run_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise ExportError(f"--out {out_dir} already exists and is not empty; choose a new folder or pass --force")
+    if out_dir.resolve() == run_dir.resolve() or run_dir.resolve() in out_dir.resolve().parents:
+        raise ExportError(f"--out {out_dir} is inside the run folder {run_dir}; choose a folder outside it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+
+    run = load_run(run_dir, device="cpu", merge=True)
+    model, tokenizer = run.model, run.tokenizer
+    names = list(run.label_map.names)
+    # load_run builds the config with these already; set them again so the export never depends on it.
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {n: i for i, n in enumerate(names)}
+    # Pipelines truncate at model_max_length: make that the length the run was trained and evaluated with.
+    tokenizer.model_max_length = run.config.model.max_length
+    info = {"format": "textlora-export/1", **run_info(run_dir, run.config, run.label_map)}
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if onnx:
+            info["onnx_max_abs_diff"] = export_onnx(model, tokenizer, tmp / "model.onnx")
+        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        # mkdtemp (and safetensors) make things private; an export is an ordinary folder to share.
+        tmp.chmod(0o755)
+        for file in tmp.iterdir():
+            file.chmod(0o644)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"exported {run_dir} -> {out_dir} (merged {model.__class__.__name__}, labels: {', '.join(names)})")
+    return info
+
+
+def export_onnx(model: torch.nn.Module, tokenizer, path: Path, atol: float = 1e-4) -> float:
+    """Write ``model`` as ONNX (dynamic batch and sequence axes) and check it against PyTorch.
+
+    Returns:
+        The largest absolute logit difference between ONNX Runtime and PyTorch on a few texts.
+    Raises:
+        ExportError: onnx/onnxruntime are not installed, or the logits differ by more than ``atol``.
+    """
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError("--onnx needs onnx and onnxruntime: pip install 'textlora[onnx]'") from None
+    model = model.eval()
+    sample = tokenizer(["a short text", "a somewhat longer text to give the batch some padding on one row"],
+                       padding=True, return_tensors="pt")
+    inputs = (sample["input_ids"], sample["attention_mask"])
+    with torch.inference_mode():
+        expected = model(input_ids=inputs[0], attention_mask=inputs[1]).logits.numpy()
+    # The TorchScript exporter (dynamo=False) needs no onnxscript and handles dynamic axes of encoders well.
+    with warnings.catch_warnings():
+        # Tracer warnings about shape checks that are constant for an encoder with an attention mask.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, inputs, str(path), input_names=["input_ids", "attention_mask"],
+                          output_names=["logits"], opset_version=17, dynamo=False,
+                          dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                                        "attention_mask": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}})
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"input_ids": inputs[0].numpy(), "attention_mask": inputs[1].numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    if diff > atol:
+        raise ExportError(f"ONNX export of {path} does not match PyTorch (max |logit diff| {diff:.2e} > {atol}); "
+                          "export without --onnx")
+    return diff
+

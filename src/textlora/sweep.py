@@ -1,0 +1,85 @@
+"""Sweep stage: a small grid of overrides trained one after another into sibling run folders, then compared.
+
+A sweep can be re-run after an interruption: finished runs are kept, an interrupted one is resumed
+from its newest checkpoint, and the rest are trained.
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import product
+from pathlib import Path
+from typing import Sequence
+
+from .config import load_config
+from .errors import ConfigError
+
+
+def split_values(text: str) -> list[str]:
+    """``adamw,rmsprop`` -> two values; commas inside brackets stay (``[query,value],[query]`` -> two)."""
+    values, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[{("
+        depth -= char in "]})"
+        if char == "," and depth == 0:
+            values.append(current)
+            current = ""
+        else:
+            current += char
+    values.append(current)
+    return [v.strip() for v in values if v.strip()]
+
+
+def parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """``["optim.name=adamw,rmsprop", "model.lora_r=4,8"]`` -> ``[(key, values), …]``."""
+    grid = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not split_values(values):
+            raise ConfigError(f"--grid {item!r} is not of the form key=v1,v2 (e.g. --grid optim.name=adamw,rmsprop)")
+        grid.append((key.strip(), split_values(values)))
+    return grid
+
+
+def _folder_part(key: str, value: str) -> str:
+    return f"{key.rsplit('.', 1)[-1]}={re.sub(r'[^A-Za-z0-9._-]+', '_', value).strip('_')}"
+
+
+def sweep(config_path: Path, grid_items: Sequence[str], overrides: Sequence[str] = ()) -> list[Path]:
+    """Train every combination of the grid, then write the comparison of all of them.
+
+    Args:
+        config_path: the base YAML config.
+        grid_items: ``key=v1,v2`` items; the grid is their Cartesian product.
+        overrides: ``key=value`` applied to every run.
+
+    Returns:
+        the run folders, in grid order.
+    """
+    from .compare import compare
+    from .train import train
+
+    config_path = Path(config_path)
+    grid = parse_grid(grid_items)
+    base = load_config(config_path, tuple(overrides))
+    prefix = base.train.run_name or config_path.stem
+    # Every combination is validated before the first one trains: a typo fails in seconds, not hours.
+    plans = []
+    for values in product(*(vals for _, vals in grid)):
+        name = prefix + "-" + "_".join(_folder_part(k, v) for (k, _), v in zip(grid, values))
+        items = tuple(overrides) + tuple(f"{k}={v}" for (k, _), v in zip(grid, values)) + (f"train.run_name={name}",)
+        plans.append((name, load_config(config_path, items)))
+    print(f"[sweep] {len(plans)} runs: " + ", ".join(name for name, _ in plans))
+    run_dirs = []
+    for number, (name, config) in enumerate(plans, start=1):
+        run_dir = Path(config.train.output_dir) / name
+        print(f"\n[sweep] run {number}/{len(plans)}: {run_dir}")
+        if (run_dir / "summary.json").is_file():
+            print(f"[sweep] {run_dir} is finished already; kept")
+        elif (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+            train(None, resume=run_dir)
+        else:
+            train(config, config_name=config_path.stem)
+        run_dirs.append(run_dir)
+    compare(run_dirs, Path(base.train.output_dir) / f"{prefix}-sweep")
+    return run_dirs

@@ -1,0 +1,58 @@
+"""Tiny-model configs for the report, compare, sweep, plan and tracker tests (a variant of conftest's)."""
+
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+
+from .conftest import AGNEWS_SMALL
+
+
+def tiny_yaml(path: Path, model_dir: Path, output_dir: Path, run_name: str = "tiny", extra: str = "") -> Path:
+    """Config for the tiny model on the fixture rows, with the rows also as data.test and a length filter."""
+    path.write_text(f"""
+model:
+  name_or_path: {model_dir}
+  max_length: 48
+  lora_r: 4
+  lora_alpha: 8
+  target_modules: [query, value]
+data:
+  train:
+    path: {AGNEWS_SMALL}
+    column_names: [label, title, description]
+    text_columns: [title, description]
+  test:
+    path: {AGNEWS_SMALL}
+    column_names: [label, title, description]
+    text_columns: [title, description]
+  label_names: [World, Sports, Business, Sci/Tech]
+  validation_size: 40
+  min_words: 20
+  max_words: 60
+optim:
+  lr: 5.0e-3
+  warmup_steps: 2
+train:
+  epochs: 2
+  batch_size: 16
+  log_every_steps: 2
+  output_dir: {output_dir}
+  run_name: {run_name}
+  quiet: true
+{extra}""")
+    return path
+
+
+def tiny_roberta_dir(folder: Path, tiny_model_dir: Path) -> Path:
+    """A 2-layer RoBERTa (hidden 32) sharing the tiny BERT's WordPiece tokenizer: a RoBERTa-style head to replace."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.save_pretrained(folder)
+    vocab = len(tokenizer)
+    # pad_token_id 0 matches the WordPiece [PAD]; positions start after it, hence 48 + 2 positions at least.
+    config = RobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=64, pad_token_id=0, type_vocab_size=1)
+    torch.manual_seed(0)
+    RobertaModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return folder

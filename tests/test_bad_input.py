@@ -1,0 +1,404 @@
+"""The bad-input matrix: every broken input the CLI can be handed fails the same way.
+
+Each case asserts: exit status 2, exactly one ``error: ...`` line that names the problem and the
+fix, no traceback, and nothing half-written (no run folder, no output file, no temp files).
+Inputs that are messy but valid (embedded newlines and quotes, empty/NaN texts, very long texts)
+are accepted, and what happened to them is counted in the files written.
+"""
+
+import csv
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from transformers import AutoTokenizer
+
+from textlora import checkpoint as ckpt
+from textlora.cli import main
+from textlora.data import extract_texts
+from textlora.readers import read_table
+
+from .conftest import AGNEWS_SMALL
+
+
+def _fails_clearly(argv, capsys, *fragments) -> str:
+    """Run the CLI; check exit 2 and one traceback-free error message holding every fragment.
+
+    The message is the ``error:`` line plus any lines after it (the budget check lists configurations that fit).
+    """
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert "Traceback" not in err
+    message = err[err.index("error: "):]
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def _leftovers(folder):
+    """Temp files and folders an interrupted atomic write would leave behind."""
+    return sorted(str(p) for p in folder.rglob("*") if p.name.endswith((".tmp", ".old")))
+
+
+def _headerless(path, rows):
+    """A CSV in the tiny config's layout: label, title, description; no header row."""
+    with path.open("w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    return path
+
+
+def _agnews_rows():
+    with AGNEWS_SMALL.open(newline="") as handle:
+        return list(csv.reader(handle))
+
+
+# --- train: data, config, model -------------------------------------------------------------------------
+
+
+def _data(name, content):
+    """A case whose training data is ``name`` holding ``content`` (str: text, bytes: raw, list: CSV rows)."""
+    def make(folder):
+        path = folder / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif isinstance(content, str):
+            path.write_text(content)
+        else:
+            _headerless(path, content)
+        return [f"data.train.path={path}"]
+    return make
+
+
+def _parquet_all_blank(folder):
+    path = folder / "blank.parquet"
+    pd.DataFrame({"label": [1, 2, 1, 2], "text": [None, float("nan"), "   ", ""]}).to_parquet(path)
+    return [f"data.train.path={path}", "data.train.column_names=null", "data.train.text_columns=[text]"]
+
+
+def _model_folder(config: dict, weights: bool = False):
+    def make(folder):
+        model = folder / "model"
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps(config))
+        return [f"model.name_or_path={model}"]
+    return make
+
+
+_LABELS_12 = [[str(1 + i % 2), f"title {i}", f"words {i}"] for i in range(12)]
+
+TRAIN_CASES = {
+    "missing-file": (lambda d: [f"data.train.path={d / 'nope.csv'}"], ["nope.csv does not exist", "check the path"]),
+    "empty-file": (_data("empty.csv", ""), ["empty.csv is empty", "write rows into it"]),
+    "header-only": (lambda d: _data("head.csv", "label,text\n")(d) + ["data.train.column_names=null",
+                                                                    "data.train.text_columns=[text]"],
+                    ["head.csv has no data rows", "write rows into it"]),
+    "folder-not-file": (lambda d: [f"data.train.path={d}"], ["is a folder", "point at a file"]),
+    "unsupported-suffix": (_data("rows.txt", "1,a,b\n"), ["suffix '.txt'", "supported: .csv"]),
+    "garbage-parquet": (_data("rows.parquet", b"PAR1 this is not parquet"), ["could not be read as parquet",
+                                                                            "check that it is a complete"]),
+    "unterminated-quote": (_data("quote.csv", '1,"never closed,desc\n2,t,d\n'), ["could not be read as csv",
+                                                                                "check that it is a complete"]),
+    "non-utf8": (_data("latin1.csv", "1,café,crème brûlée\n2,a,b\n".encode("latin-1")),
+                 ["not valid UTF-8", "re-save it as UTF-8"]),
+    "wrong-column-count": (_data("two.csv", [["1", "only title"], ["2", "x"]]),
+                           ["2 columns but column_names lists 3", "fix column_names"]),
+    "wrong-text-column": (lambda d: ["data.train.text_columns=[body]"], ["text column(s) ['body'] not found",
+                                                                        "Set text_columns"]),
+    "missing-label-column": (lambda d: ["data.train.label_column=topic"], ["label column 'topic' not found",
+                                                                          "Set label_column"]),
+    "all-texts-empty-or-nan": (_parquet_all_blank, ["every text is empty", "check text_columns"]),
+    "missing-labels": (_data("nolabel.csv", _LABELS_12 + [["", "t", "d"], ["", "t2", "d2"]]),
+                       ["2 row(s) have no label (rows 12, 13)", "fill them in or remove those rows"]),
+    "mixed-int-str-labels": (_data("mixed.csv", _LABELS_12 + [["Sports", "t", "d"]]),
+                             ["labels mix integers and strings", "use one kind"]),
+    "single-class": (_data("one.csv", [["3", f"t {i}", "d"] for i in range(12)]),
+                     ["only one class", "needs at least two"]),
+    "unknown-config-key": (lambda d: ["train.epoch=2"], ["train.epoch"]),
+    "wrong-config-type": (lambda d: ["train.batch_size=lots"], ["train.batch_size", "lots"]),
+    "bad-config-value": (lambda d: ["optim.name=adam"], ["optim.name", "allowed values are adamw, rmsprop, sgd"]),
+    "over-budget": (lambda d: ["model.max_trainable_params=1000"], ["over the budget of 1,000",
+                                                                   "Nearest configurations that fit"]),
+    "model-missing": (lambda d: ["model.name_or_path=/no/such/model"], ["no model config could be loaded",
+                                                                       "local folder with config.json"]),
+    "model-not-a-text-classifier": (_model_folder({"model_type": "vit", "hidden_size": 32}),
+                                    ["'vit' model", "AutoModelForSequenceClassification", "use e.g. roberta-base"]),
+    "model-encoder-decoder": (_model_folder({"model_type": "t5", "d_model": 32}),
+                              ["'t5' model", "not an encoder", "use e.g. roberta-base"]),
+    "model-without-weights": (_model_folder({"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2,
+                                             "num_attention_heads": 4, "intermediate_size": 64}),
+                              ["could not load pretrained weights", "weights"]),
+}
+
+
+@pytest.mark.parametrize("make, fragments", TRAIN_CASES.values(), ids=TRAIN_CASES.keys())
+def test_bad_training_input(tiny_config_yaml, tmp_path, capsys, make, fragments):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    _fails_clearly(["train", "--config", str(tiny_config_yaml), *make(inputs)], capsys, *fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+CONFIG_FILE_CASES = {
+    "unknown-key": (lambda text: text + "  warmup: 3\n", ["train.warmup"]),
+    "wrong-type": (lambda text: text.replace("epochs: 2", "epochs: two"), ["train.epochs", "two"]),
+    "invalid-yaml": (lambda text: text + "  seed: [1\n", ["is not valid YAML", "line", "fix the line it names"]),
+    "not-a-mapping": (lambda text: "- a\n- b\n", ["must be a mapping of sections"]),
+    "missing-file": (None, ["does not exist", "pass an existing YAML file"]),
+}
+
+
+@pytest.mark.parametrize("edit, fragments", CONFIG_FILE_CASES.values(), ids=CONFIG_FILE_CASES.keys())
+def test_bad_config_file(tiny_config_yaml, tmp_path, capsys, edit, fragments):
+    if edit is None:
+        tiny_config_yaml.unlink()
+    else:
+        tiny_config_yaml.write_text(edit(tiny_config_yaml.read_text()))
+    _fails_clearly(["train", "--config", str(tiny_config_yaml)], capsys, *fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+# --- evaluate / predict / classify on a trained run -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def messy_run(tmp_path_factory, tiny_model_dir):
+    """A run trained on AG News rows plus messy-but-valid rows; returns (run folder, messy CSV, extra row count)."""
+    folder = tmp_path_factory.mktemp("messy")
+    extra = [["1", 'He said "no",\nthen, left', 'a ""quoted"" word\r\nand, commas'],
+             ["2", "", ""], ["3", "  ", "\t"], ["4", "", ""],  # empty texts: dropped in training, counted
+             ["1", "long " * 3000, "text " * 3000],  # far beyond max_length: truncated, counted
+             ["2", "ünïcödé — 東京 🚀", "日本語のニュース"]]
+    data = _headerless(folder / "messy.csv", _agnews_rows() + extra)
+    config = folder / "messy.yaml"
+    config.write_text(f"""
+model: {{name_or_path: {tiny_model_dir}, max_length: 48, lora_r: 4, lora_alpha: 8}}
+data:
+  train: {{path: {data}, column_names: [label, title, description], text_columns: [title, description]}}
+  label_names: [World, Sports, Business, Sci/Tech]
+  validation_size: 40
+optim: {{lr: 5.0e-3}}
+train: {{epochs: 1, batch_size: 16, num_threads: 1, output_dir: {folder / 'runs'}, run_name: messy, quiet: true}}
+""")
+    assert main(["train", "--config", str(config)]) == 0
+    return folder / "runs" / "messy", data, len(extra)
+
+
+def test_messy_but_valid_rows_are_accepted_and_counted(messy_run, tiny_model_dir, tmp_path):
+    run, data, extra = messy_run
+    rows = len(_agnews_rows()) + extra
+    report = json.loads((run / "data_report.json").read_text())
+    # The quoted cell with newlines is one row, not three; 3 blank texts are dropped from training.
+    assert report["train_rows_read"] == rows
+    assert report["train_empty_texts_dropped"] == 3
+    assert report["train_rows"] + report["validation_rows"] == rows - 3
+    assert report["train_truncated_texts"] > 0
+
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(run), "--data", str(data), "--output", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["rows"] == rows and metrics["empty_texts"] == 3  # kept at evaluate time (IDs line up)
+    # Truncation is counted exactly: the texts whose untruncated token count exceeds max_length (48).
+    texts = extract_texts(read_table(str(data), ["label", "title", "description"]), ["title", "description"],
+                          "messy", clean_backslashes=True)
+    tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
+    overlong = sum(len(ids) > 48 for ids in tokenizer(texts)["input_ids"])
+    assert metrics["truncated_texts"] == overlong and overlong > 1
+
+
+def test_genuine_pickled_dataframe_and_dataset_are_accepted(messy_run, tmp_path):
+    # Kaggle's test_unlabelled.pkl is a pickled datasets.Dataset with a "text" column; a DataFrame works alike.
+    import pickle
+
+    import datasets
+
+    run, data, _ = messy_run
+    texts = [f"{r[1]} {r[2]}" for r in _agnews_rows()[:50]]
+    (tmp_path / "frame.pkl").write_bytes(pickle.dumps(pd.DataFrame({"text": texts})))
+    (tmp_path / "dataset.pkl").write_bytes(pickle.dumps(datasets.Dataset.from_dict({"text": texts})))
+    pd.DataFrame({"text": texts}).to_csv(tmp_path / "plain.csv", index=False)
+    outputs = {}
+    for name in ("frame.pkl", "dataset.pkl", "plain.csv"):
+        out = tmp_path / f"{name}.out.csv"
+        extra = ["--header"] if name.endswith(".csv") else []
+        assert main(["predict", str(run), "--data", str(tmp_path / name), "--output", str(out), "--probs", *extra]) == 0
+        outputs[name] = out.read_text()
+    assert len(outputs["frame.pkl"].splitlines()) == 51
+    assert outputs["frame.pkl"] == outputs["dataset.pkl"] == outputs["plain.csv"]
+
+
+def _broken_run(messy_run, tmp_path, damage):
+    run = tmp_path / "run"
+    shutil.copytree(messy_run[0], run)
+    if damage == "missing-adapter":
+        shutil.rmtree(run / "adapter")
+    elif damage == "corrupt-adapter":
+        (run / "adapter" / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
+    elif damage == "truncated-adapter":
+        weights = run / "adapter" / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "not-a-run":
+        (run / "config.yaml").unlink()
+    return run
+
+
+RUN_DAMAGE = {
+    "missing-adapter": ["has no adapter", "train the run to completion"],
+    "corrupt-adapter": ["could not load the adapter", "retrain or restore it"],
+    "truncated-adapter": ["could not load the adapter", "retrain or restore it"],
+    "not-a-run": ["no config.yaml", "`textlora train`"],
+}
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "classify"])
+@pytest.mark.parametrize("damage", RUN_DAMAGE, ids=RUN_DAMAGE.keys())
+def test_broken_run_folder(messy_run, tmp_path, capsys, command, damage):
+    run = _broken_run(messy_run, tmp_path, damage)
+    out = tmp_path / "out.file"
+    argv = {"evaluate": ["evaluate", str(run), "--data", str(AGNEWS_SMALL)],
+            "predict": ["predict", str(run), "--data", str(AGNEWS_SMALL), "--output", str(out)],
+            "classify": ["classify", str(run), "some text"]}[command]
+    _fails_clearly(argv, capsys, *RUN_DAMAGE[damage])
+    assert not out.exists() and not (run / "evaluations").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def _eval_data(name, rows):
+    def make(folder):
+        return str(_headerless(folder / name, rows))
+    return make
+
+
+INFERENCE_CASES = {
+    "unknown-int-labels": ("evaluate", _eval_data("ints.csv", [["1", "a", "b"], ["7", "c", "d"], ["0", "e", "f"]]),
+                           ["2 label value(s) outside the run's classes: 7 (row 1), 0 (row 2)", "Fix the labels"]),
+    "unknown-label-names": ("evaluate", _eval_data("names.csv", [["Sports", "a", "b"], ["Cricket", "c", "d"]]),
+                            ["1 label value(s) outside the run's classes: 'Cricket' (row 1)", "Fix the labels"]),
+    "mixed-labels": ("evaluate", _eval_data("mixed.csv", [["1", "a", "b"], ["x", "c", "d"]]),
+                     ["labels mix integers and strings", "use one kind"]),
+    "missing-labels": ("evaluate", _eval_data("nolabel.csv", [["1", "a", "b"], ["", "c", "d"]]),
+                       ["have no label (rows 1)", "fill them in"]),
+    "missing-file": ("evaluate", lambda d: str(d / "nope.csv"), ["does not exist", "check the path"]),
+    "predict-missing-file": ("predict", lambda d: str(d / "nope.pkl"), ["does not exist", "check the path"]),
+    "predict-non-utf8": ("predict", lambda d: _bytes_file(d / "latin1.csv", "1,café,b\n".encode("latin-1")),
+                         ["not valid UTF-8", "re-save it as UTF-8"]),
+    "predict-wrong-text-column": ("predict", _eval_data("two.csv", [["1", "a"], ["2", "b"]]),
+                                  ["2 columns but column_names lists 3", "fix column_names"]),
+    "predict-hostile-pickle": ("predict", lambda d: str(_hostile_pickle(d)), ["refused", "system",
+                                                                             "convert the data to CSV"]),
+}
+
+
+def _bytes_file(path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def _hostile_pickle(folder):
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {folder / 'SENTINEL'}",)
+
+    path = folder / "evil.pkl"
+    path.write_bytes(pickle.dumps(Payload()))
+    return path
+
+
+@pytest.mark.parametrize("command, make, fragments", INFERENCE_CASES.values(), ids=INFERENCE_CASES.keys())
+def test_bad_inference_input(messy_run, tmp_path, capsys, command, make, fragments):
+    run = tmp_path / "run"
+    shutil.copytree(messy_run[0], run)
+    data = make(tmp_path)
+    out = tmp_path / "out.csv"
+    argv = [command, str(run), "--data", data] + (["--output", str(out)] if command == "predict" else [])
+    _fails_clearly(argv, capsys, *fragments)
+    assert not out.exists() and not (run / "evaluations").exists()
+    assert not (tmp_path / "SENTINEL").exists()
+
+
+@pytest.mark.parametrize("where, fragments", [("missing-folder", ["does not exist", "create it first"]),
+                                              ("a-folder", ["is a folder", "give a file name"])])
+def test_bad_predict_output(messy_run, tmp_path, capsys, where, fragments):
+    out = tmp_path / "no" / "sub.csv" if where == "missing-folder" else tmp_path
+    _fails_clearly(["predict", str(messy_run[0]), "--data", str(AGNEWS_SMALL), "--output", str(out)], capsys,
+                   *fragments)
+    assert _leftovers(tmp_path) == []
+
+
+# --- disk full while saving ---------------------------------------------------------------------------------
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tiny_config_yaml, tmp_path, capsys, monkeypatch):
+    calls = {"n": 0}
+    real_save = ckpt.save_file
+
+    def save_until_full(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint (end of epoch 2) hits a full disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_file", save_until_full)
+    run = tmp_path / "runs" / "tiny"
+    _fails_clearly(["train", "--config", str(tiny_config_yaml), "train.num_threads=1"], capsys,
+                   "No space left on device", "free disk space", f"textlora train --resume {run}")
+    assert _leftovers(run) == []
+    assert [p.name for p in ckpt.list_checkpoints(run / "checkpoints")] == ["step-0000013"]
+    assert ckpt.latest_valid(run / "checkpoints").name == "step-0000013"
+    # Space freed: the run resumes from the surviving checkpoint and finishes.
+    monkeypatch.setattr(ckpt, "save_file", real_save)
+    assert main(["train", "--resume", str(run)]) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 26
+
+
+def test_disk_full_while_saving_the_adapter_leaves_no_temp_folder(tiny_config_yaml, tmp_path, capsys, monkeypatch):
+    import peft
+
+    def save_until_full(self, folder, *args, **kwargs):
+        (Path(folder)).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "adapter_model.safetensors").write_bytes(b"half")  # a partial file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(peft.PeftModel, "save_pretrained", save_until_full)
+    run = tmp_path / "runs" / "tiny"
+    _fails_clearly(["train", "--config", str(tiny_config_yaml), "train.num_threads=1"], capsys,
+                   "could not write the adapter",
+                   "No space left on device", "free disk space")
+    assert _leftovers(run) == [] and not (run / "adapter").exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_disk_full_while_writing_output_keeps_the_previous_file(messy_run, tmp_path, capsys, monkeypatch, command):
+    out = tmp_path / ("submission.csv" if command == "predict" else "eval.json")
+    out.write_text("previous results\n")
+    real_writer = csv.writer
+
+    class FullDiskWriter:
+        def __init__(self, handle):
+            self.inner, self.rows = real_writer(handle), 0
+
+        def writerow(self, row):
+            self.rows += 1
+            if self.rows > 100:  # the disk fills up part-way through the file
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.inner.writerow(row)
+
+    def full_write_text(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if command == "predict":
+        monkeypatch.setattr(csv, "writer", FullDiskWriter)
+    else:
+        monkeypatch.setattr(ckpt.Path, "write_text", full_write_text)
+    argv = [command, str(messy_run[0]), "--data", str(AGNEWS_SMALL), "--output", str(out)]
+    _fails_clearly(argv, capsys, "No space left on device", str(out), "free disk space")
+    assert out.read_text() == "previous results\n"
+    assert _leftovers(tmp_path) == []

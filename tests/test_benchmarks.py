@@ -1,0 +1,133 @@
+"""Smoke tests of the benchmark scripts' code paths on the tiny model (seconds; no timing asserted).
+
+Each arm runs in-process here (the scripts run them in subprocesses); what is checked is that every
+arm trains the same setup, that the meters count what the arms ran on, and that BENCHMARKS.md
+sections are written and replaced.
+"""
+
+import csv
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import accuracy_parity, predict_speed, train_speed
+from benchmarks import common as bc
+from benchmarks import stacks
+
+from .conftest import AGNEWS_SMALL
+
+
+@pytest.fixture
+def speed_setup(tmp_path, tiny_model_dir):
+    args = train_speed.parse_args(["--model", str(tiny_model_dir), "--data", str(AGNEWS_SMALL), "--steps", "2",
+                                   "--rows", "32", "--batch-size", "8", "--val-rows", "16", "--device", "cpu",
+                                   "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "BENCH.md")])
+    setup, workdir, skip = train_speed.prepare(args)
+    return args, setup, workdir, skip
+
+
+def test_train_speed_arms_train_the_same_setup_and_are_measured(speed_setup):
+    args, setup, workdir, skip = speed_setup
+    assert skip == 1 and setup.steps == 2 and setup.batch_size == 8
+    assert len(bc.read_rows(workdir / "train.csv").texts) == 32
+    results = {}
+    for arm in ("notebook", "best-practice", "textlora"):
+        result = train_speed.run_arm(arm, setup, workdir, skip)
+        result["process_peak_rss_mb"] = result["peak_rss_mb"]  # what run_child adds in the real script
+        results[arm] = result
+    for arm, r in results.items():
+        assert r["steps_seen"] == 2 and r["window_steps"] == 1, arm
+        assert r["rows_counted"], f"{arm}: the forward hook saw no training batch"
+        assert r["samples_per_s"] > 0 and r["real_tokens_per_s"] > 0
+        assert r["pad_ratio"] >= 1.0
+        assert math.isfinite(r["final_loss"])
+    # Same LoRA + head in every arm: r=8 on query/value of 2 layers (hidden 32) and a 4-class head.
+    assert {r["trainable_params"] for r in results.values()} == {2 * 2 * (32 * 8 + 8 * 32) + 32 * 4 + 4}
+    # The notebook pads all 32 rows (one map chunk) to the longest; the others pad per batch.
+    assert results["notebook"]["pad_ratio"] > results["best-practice"]["pad_ratio"]
+    assert results["notebook"]["pad_ratio"] > results["textlora"]["pad_ratio"]
+
+    meta = {**json.loads((workdir / "setup.json").read_text()), "threads": "the test's threads"}
+    text = train_speed.report(args, setup, list(results.values()), meta)
+    ratio = results["textlora"]["samples_per_s"] / results["notebook"]["samples_per_s"]
+    assert f"textlora / notebook: **{ratio:.2f}x**" in text
+    out = workdir.parent / "BENCH.md"
+    bc.write_section(out, "train_speed-cpu-all", text)
+    bc.write_section(out, "other", "## other")
+    bc.write_section(out, "train_speed-cpu-all", text.replace("Training speed", "Training speed again"))
+    written = out.read_text()
+    assert written.count("<!-- train_speed-cpu-all:start -->") == 1 and "Training speed again" in written
+    assert "<!-- train_speed-cpu-all:end -->\n\n<!-- other:start -->" in written  # order and spacing kept
+
+
+def test_top_layout_puts_lora_on_the_top_third_and_from_epoch_skips_whole_epochs(tmp_path, tiny_model_dir):
+    args = train_speed.parse_args(["--model", str(tiny_model_dir), "--data", str(AGNEWS_SMALL), "--steps", "6",
+                                   "--rows", "16", "--batch-size", "8", "--lora-layout", "top", "--from-epoch", "2",
+                                   "--device", "cpu", "--workdir", str(tmp_path), "--out", "none"])
+    setup, _, skip = train_speed.prepare(args)
+    assert setup.layers == (1,) and setup.layers_spec == "1-1"
+    assert skip == 2  # 16 rows / batch 8 = 2 steps per epoch
+    overrides = stacks.textlora_overrides(setup, tmp_path / "t.csv", tmp_path / "v.csv", tmp_path, "x")
+    assert "model.layers='1-1'" in overrides
+
+
+@pytest.fixture
+def tiny_run(tmp_path, tiny_model_dir):
+    rows = tmp_path / "rows.csv"
+    bc.write_rows(bc.load_agnews(AGNEWS_SMALL, 48, 0), rows)
+    bc.write_rows(bc.load_agnews(AGNEWS_SMALL, 16, 0, skip=48), tmp_path / "val.csv")
+    setup = stacks.TrainSetup(model_dir=str(tiny_model_dir), lora_r=4, lora_alpha=8, batch_size=16, steps=2, log_every=1)
+    from textlora.config import load_config
+    from textlora.train import train
+
+    overrides = stacks.textlora_overrides(setup, rows, tmp_path / "val.csv", tmp_path / "runs", "r")
+    config = load_config(None, tuple(overrides))
+    return train(config), rows
+
+
+def test_predict_arms_write_the_same_predictions(tiny_run, tmp_path):
+    run_dir, rows = tiny_run
+    nb = predict_speed.notebook_arm(run_dir, rows, tmp_path / "nb.csv", 8, "cpu")
+    tl = predict_speed.textlora_arm(run_dir, rows, tmp_path / "tl.csv", None, "cpu")
+    assert nb["seconds"] > 0 and tl["seconds"] > 0 and nb["loop_s"] <= nb["seconds"]
+    nb_preds = predict_speed.read_predictions(tmp_path / "nb.csv")
+    tl_preds = predict_speed.read_predictions(tmp_path / "tl.csv")
+    assert len(nb_preds) == len(tl_preds) == 48
+    assert np.mean(nb_preds == tl_preds) >= 0.95  # merged vs unmerged, batch-8 vs length-sorted padding
+
+
+def test_run_measured_reports_the_childs_own_peak_memory():
+    small = bc.run_measured([sys.executable, "-c", "pass"])
+    big = bc.run_measured([sys.executable, "-c", "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096])"])
+    assert small["returncode"] == big["returncode"] == 0
+    # Each child's own peak: not this (torch-sized) test process's, and not the previous child's.
+    assert small["peak_rss_mb"] < 100
+    assert 300 < big["peak_rss_mb"] < 400
+
+
+def test_write_synthetic_draws_real_texts_with_replacement(tmp_path):
+    pool = bc.load_agnews(AGNEWS_SMALL)
+    path = tmp_path / "s.csv"
+    predict_speed.write_synthetic(pool.texts, pool.labels, 500, path, seed=1)
+    assert predict_speed.count_lines(path) == 501
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["text"] for r in rows} <= set(pool.texts) and len({r["text"] for r in rows}) < 500
+
+
+def test_accuracy_parity_arms_score_the_same_test_rows(tmp_path, tiny_model_dir):
+    bc.write_rows(bc.load_agnews(AGNEWS_SMALL, 32, 0), tmp_path / "train.csv")
+    bc.write_rows(bc.load_agnews(AGNEWS_SMALL, 16, 0, skip=32), tmp_path / "val.csv")
+    test = bc.load_agnews(AGNEWS_SMALL, 40, 0, skip=48)
+    bc.write_rows(test, tmp_path / "test.csv")
+    setup = stacks.TrainSetup(model_dir=str(tiny_model_dir), batch_size=16, epochs=1, log_every=1)
+    results = [accuracy_parity.run_arm(arm, setup, tmp_path) for arm in ("notebook", "textlora")]
+    for r in results:
+        # Accuracy is a count of the 40 test rows, so it is a multiple of 1/40.
+        assert 0 <= r["test_accuracy"] <= 1 and round(r["test_accuracy"] * 40, 6) % 1 == 0
+    textlora_run = next((tmp_path / "runs").iterdir())
+    assert json.loads((textlora_run / "summary.json").read_text())["test_accuracy"] == pytest.approx(
+        results[1]["test_accuracy"], abs=1e-4)

@@ -1,0 +1,100 @@
+"""`textlora plan` and light heads: exact counts (shipped configs included), YAML that trains, heads that reload."""
+
+import json
+
+import numpy as np
+import pytest
+
+from textlora.budget import count_model
+from textlora.cli import main
+from textlora.config import ModelConfig, load_config
+from textlora.plan import enumerate_candidates, layer_ranges
+
+from .conftest import AGNEWS_SMALL, REPO
+from .report_helpers import tiny_roberta_dir, tiny_yaml
+
+
+def _candidate(candidates, head, r, matched, layers):
+    found = [c for c in candidates if (c.head, c.r, c.matched, c.layers) == (head, r, matched, layers)]
+    assert len(found) == 1, (head, r, matched, layers)
+    return found[0]
+
+
+def test_plan_counts_equal_the_built_models_including_the_shipped_configs():
+    candidates = enumerate_candidates(ModelConfig(), num_labels=4, ranks=(4, 8))
+    for name, expected in (("agnews-roberta-r4-qkv.yaml", 814_852), ("agnews-roberta-r8-qv-top4-rmsprop.yaml", 691_972),
+                           ("agnews-roberta-r8-qv-top4-adamw.yaml", 691_972)):
+        cfg = load_config(REPO / "configs" / name).model
+        matched = ",".join({"query": "q", "key": "k", "value": "v"}[t] for t in cfg.target_modules)
+        assert _candidate(candidates, "standard", cfg.lora_r, matched, cfg.layers).total == expected, name
+    # Light head: roberta-base's 593,668-parameter head becomes 768 x 4 + 4.
+    light = _candidate(candidates, "linear", 4, "q,k,v", None)
+    assert light.head_params == 3_076 and light.total == 814_852 - 593_668 + 3_076
+    built, _ = count_model(light.model_config(ModelConfig()), num_labels=4)
+    assert built.total == light.total and built.groups["head: classifier"] == 3_076
+    # "output.dense" also matches attention.output.dense: the plan says so instead of hiding it.
+    ffn = _candidate(candidates, "standard", 4, "o,ffn-in,ffn-out", None)
+    assert ffn.lora == 4 * 12 * ((768 + 768) + (768 + 3072) + (3072 + 768))
+
+
+def test_layer_ranges():
+    assert layer_ranges(12) == [None, "4-11", "6-11", "8-11", "9-11", "11"]
+    assert layer_ranges(2) == [None, "1"]
+
+
+def test_plan_cli_reproduces_a_shipped_count(capsys):
+    assert main(["plan", "--budget", "1000000", "--ranks", "4", "--head", "standard", "--targets", "query,key,value",
+                 "--top", "20"]) == 0
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if " q,k,v " in line and " all " in line]
+    assert row and "814,852" in row[0] and "81.5%" in row[0]
+    assert main(["plan", "--budget", "100000", "--head", "standard"]) == 2  # the head alone is 593,668
+    assert "no configuration of roberta-base fits a budget of 100,000" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def roberta_dir(tiny_model_dir, tmp_path_factory):
+    return tiny_roberta_dir(tmp_path_factory.mktemp("tiny-roberta"), tiny_model_dir)
+
+
+def test_plan_picks_a_light_head_and_its_yaml_trains_and_reloads(roberta_dir, tmp_path, capsys):
+    base = tiny_yaml(tmp_path / "base.yaml", roberta_dir, tmp_path / "runs", run_name="light")
+    planned = tmp_path / "planned.yaml"
+    # Budget 1,300: the stock RoBERTa head (32x32 + 32 + 32x4 + 4 = 1,188) leaves 112 for LoRA; the linear head
+    # (132) leaves 1,168, enough for r=1 on every Linear of both layers.
+    assert main(["plan", "--budget", "1300", "--config", str(base), "--num-labels", "4", "--output", str(planned)]) == 0
+    out = capsys.readouterr().out
+    first = out.splitlines()[1].split()
+    assert first[:5] == ["1", "linear", "1", "q,k,v,o,ffn-in,ffn-out", "all"] and first[7] == "1,028"
+    config = load_config(planned)
+    assert config.model.head == "linear" and config.model.max_trainable_params == 1300
+    assert config.data.train.path == str(AGNEWS_SMALL)  # the rest of the base config is kept
+
+    assert main(["train", "--config", str(planned)]) == 0
+    run = tmp_path / "runs" / "light"
+    budget = json.loads((run / "budget.json").read_text())
+    assert budget["total"] == 1028 and budget["groups"]["head: classifier"] == 132
+    # evaluate rebuilds the linear head from the run's config: same accuracy as training measured on test.
+    out_json = tmp_path / "eval.json"
+    assert main(["evaluate", str(run), "--data", str(AGNEWS_SMALL), "--output", str(out_json)]) == 0
+    evaluated = json.loads(out_json.read_text())
+    trained = json.loads((run / "test_eval.json").read_text())
+    assert evaluated["confusion_matrix"] == trained["confusion_matrix"]
+    assert evaluated["loss"] == pytest.approx(trained["loss"], abs=1e-4)
+
+
+def test_linear_head_on_bert_replaces_the_pooler(tiny_model_dir):
+    from textlora.heads import FirstToken
+    from textlora.model import build_model
+
+    built = build_model(ModelConfig(name_or_path=str(tiny_model_dir), lora_r=4, head="linear"), None, num_labels=4)
+    base = built.model.get_base_model()
+    assert isinstance(base.bert.pooler, FirstToken) and built.fresh_modules == []
+    import torch
+
+    ids = torch.tensor([[2, 10, 11, 3]])
+    hidden = base.bert(input_ids=ids).last_hidden_state
+    classifier = built.model.base_model.model.classifier
+    base.eval()
+    np.testing.assert_allclose(base(input_ids=ids).logits.detach().numpy(),
+                               classifier(hidden[:, 0]).detach().numpy(), rtol=1e-5, atol=1e-6)
