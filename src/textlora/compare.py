@@ -24,9 +24,21 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return out
 
 
+def _resolved(run: RunData) -> dict:
+    """The run's config with today's defaults filled in, so a key added since an older run is no difference."""
+    from omegaconf import OmegaConf
+
+    from .config import config_from_yaml_file
+
+    try:
+        return OmegaConf.to_container(OmegaConf.structured(config_from_yaml_file(run.path / "config.yaml")))
+    except TextloraError:  # a config this version cannot read: compare it as written
+        return run.config
+
+
 def config_differences(runs: Sequence[RunData]) -> dict:
     """``{key: [value per run]}`` for config keys whose values differ (run names and output folders left out)."""
-    flats = [_flat(run.config) for run in runs]
+    flats = [_flat(_resolved(run)) for run in runs]
     keys = sorted(set().union(*flats))
     skip = {"train.run_name", "train.output_dir", "train.quiet"}
     return {k: [f.get(k) for f in flats] for k in keys

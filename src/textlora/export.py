@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import RunFolderError, TextloraError
+from .errors import TextloraError
 
 EXPORT_INFO = "textlora.json"
 # Heads that the stock AutoModelForSequenceClassification class builds itself; anything else

@@ -20,8 +20,8 @@ COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
           "#17becf"]
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig: Figure, path: Path, rect=(0, 0, 1, 1)) -> Path:
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=DPI)
     return path
 
@@ -200,7 +200,8 @@ def roc_curves(labels: np.ndarray, probs: np.ndarray, names: Sequence[str], path
 
 def budget_breakdown(groups: dict, budget: int, path: Path) -> Path:
     """One stacked bar of trainable parameters by group against the budget."""
-    fig = Figure(figsize=(9, 1.9 + 0.2 * len(groups)))
+    rows = (len(groups) + 2) // 2  # legend rows, two entries each (the budget line included)
+    fig = Figure(figsize=(9, 2.2 + 0.25 * rows))
     ax = fig.add_subplot()
     left = 0
     for k, (group, count) in enumerate(groups.items()):
@@ -212,8 +213,9 @@ def budget_breakdown(groups: dict, budget: int, path: Path) -> Path:
     ax.set_xlabel("trainable parameters")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
     ax.set_title(f"Trainable parameters: {left:,} of {budget:,} ({left / budget:.1%} of the budget)")
-    ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=2, frameon=False)
-    return _save(fig, path)
+    legend_height = (0.25 * rows + 0.15) / (2.2 + 0.25 * rows)
+    fig.legend(fontsize=8.5, loc="lower center", ncol=2, frameon=False)
+    return _save(fig, path, rect=(0, legend_height, 1, 1))
 
 
 def compare_curves(runs: Sequence, path: Path) -> Path:
