@@ -37,6 +37,38 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def write_tiny_config(path: Path, model_dir: Path, output_dir: Path, run_name: str = "tiny", data_extra: str = "",
+                      extra: str = "") -> Path:
+    """The one tiny-model training config on the fixture rows; ``data_extra`` / ``extra`` add YAML lines
+    under ``data:`` / at the end."""
+    path.write_text(f"""
+model:
+  name_or_path: {model_dir}
+  max_length: 48
+  lora_r: 4
+  lora_alpha: 8
+  target_modules: [query, value]
+data:
+  train:
+    path: {AGNEWS_SMALL}
+    column_names: [label, title, description]
+    text_columns: [title, description]
+  label_names: [World, Sports, Business, Sci/Tech]
+  validation_size: 40
+{data_extra}optim:
+  lr: 5.0e-3
+  warmup_steps: 2
+train:
+  epochs: 2
+  batch_size: 16
+  log_every_steps: 2
+  output_dir: {output_dir}
+  run_name: {run_name}
+  quiet: true
+{extra}""")
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer BERT (hidden 32) and a WordPiece vocabulary from the fixture texts."""
@@ -62,33 +94,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_config_yaml(tmp_path, tiny_model_dir) -> Path:
     """A complete training config for the tiny model on the fixture rows (runs in seconds)."""
-    path = tmp_path / "tiny.yaml"
-    path.write_text(f"""
-model:
-  name_or_path: {tiny_model_dir}
-  max_length: 48
-  lora_r: 4
-  lora_alpha: 8
-  target_modules: [query, value]
-data:
-  train:
-    path: {AGNEWS_SMALL}
-    column_names: [label, title, description]
-    text_columns: [title, description]
-  label_names: [World, Sports, Business, Sci/Tech]
-  validation_size: 40
-optim:
-  lr: 5.0e-3
-  warmup_steps: 2
-train:
-  epochs: 2
-  batch_size: 16
-  log_every_steps: 2
-  output_dir: {tmp_path / 'runs'}
-  run_name: tiny
-  quiet: true
-""")
-    return path
+    return write_tiny_config(tmp_path / "tiny.yaml", tiny_model_dir, tmp_path / "runs")
 
 
 @pytest.fixture(scope="session")

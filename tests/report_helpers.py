@@ -5,43 +5,18 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
-from .conftest import AGNEWS_SMALL
+from .conftest import AGNEWS_SMALL, write_tiny_config
 
 
 def tiny_yaml(path: Path, model_dir: Path, output_dir: Path, run_name: str = "tiny", extra: str = "") -> Path:
     """Config for the tiny model on the fixture rows, with the rows also as data.test and a length filter."""
-    path.write_text(f"""
-model:
-  name_or_path: {model_dir}
-  max_length: 48
-  lora_r: 4
-  lora_alpha: 8
-  target_modules: [query, value]
-data:
-  train:
+    return write_tiny_config(path, model_dir, output_dir, run_name, data_extra=f"""  test:
     path: {AGNEWS_SMALL}
     column_names: [label, title, description]
     text_columns: [title, description]
-  test:
-    path: {AGNEWS_SMALL}
-    column_names: [label, title, description]
-    text_columns: [title, description]
-  label_names: [World, Sports, Business, Sci/Tech]
-  validation_size: 40
   min_words: 20
   max_words: 60
-optim:
-  lr: 5.0e-3
-  warmup_steps: 2
-train:
-  epochs: 2
-  batch_size: 16
-  log_every_steps: 2
-  output_dir: {output_dir}
-  run_name: {run_name}
-  quiet: true
-{extra}""")
-    return path
+""", extra=extra)
 
 
 def tiny_roberta_dir(folder: Path, tiny_model_dir: Path) -> Path:
