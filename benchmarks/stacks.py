@@ -179,18 +179,34 @@ def textlora_losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, lines) if r.get("kind") == "train"]
 
 
-def notebook_predict(model, tokenizer, texts: Sequence[str], batch_size: int = 8, device: str = "cpu") -> np.ndarray:
-    """The notebooks' prediction loop: tokenize each batch of 8 with ``padding=True``, forward under
-    ``no_grad`` on the unmerged peft model, argmax. Returns class ids ``[N]``."""
+def notebook_predict(model, tokenizer, texts: Sequence[str], batch_size: int = 8, device: str = "cpu",
+                     chunk_padding: bool = True) -> np.ndarray:
+    """The notebooks' prediction loop on the unmerged peft model, ``no_grad``, argmax. Returns class ids ``[N]``.
+
+    chunk_padding: as the notebooks do, tokenize with ``padding=True`` inside ``datasets.map(batched=True)``
+    (every 1,000-row chunk padded to its longest text), then a ``DataLoader`` of ``batch_size`` rows with
+    ``DataCollatorWithPadding``. Without it, a more generous loop: each batch tokenized and padded on its own.
+    """
     import torch
 
     model.to(device).eval()
     limit = min(tokenizer.model_max_length, model.config.max_position_embeddings)  # a bare vocabulary has no limit
     preds: list[int] = []
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True, max_length=limit,
-                        return_tensors="pt")
+    if chunk_padding:
+        from datasets import Dataset, disable_progress_bars
+        from torch.utils.data import DataLoader
+        from transformers import DataCollatorWithPadding
+
+        disable_progress_bars()
+        dataset = Dataset.from_dict({"text": list(texts)}).map(
+            lambda b: tokenizer(b["text"], padding=True, truncation=True, max_length=limit),
+            batched=True, remove_columns=["text"])
+        batches = DataLoader(dataset, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
+    else:
+        batches = (tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True, max_length=limit,
+                             return_tensors="pt") for start in range(0, len(texts), batch_size))
+    for batch in batches:
         with torch.no_grad():
-            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         preds.extend(logits.argmax(-1).tolist())
     return np.asarray(preds, dtype=np.int64)

@@ -91,12 +91,14 @@ def tiny_run(tmp_path, tiny_model_dir):
 def test_predict_arms_write_the_same_predictions(tiny_run, tmp_path):
     run_dir, rows = tiny_run
     nb = predict_speed.notebook_arm(run_dir, rows, tmp_path / "nb.csv", 8, "cpu")
+    dyn = predict_speed.notebook_arm(run_dir, rows, tmp_path / "dyn.csv", 8, "cpu", chunk_padding=False)
     tl = predict_speed.textlora_arm(run_dir, rows, tmp_path / "tl.csv", None, "cpu")
     assert nb["seconds"] > 0 and tl["seconds"] > 0 and nb["loop_s"] <= nb["seconds"]
-    nb_preds = predict_speed.read_predictions(tmp_path / "nb.csv")
-    tl_preds = predict_speed.read_predictions(tmp_path / "tl.csv")
-    assert len(nb_preds) == len(tl_preds) == 48
-    assert np.mean(nb_preds == tl_preds) >= 0.95  # merged vs unmerged, batch-8 vs length-sorted padding
+    nb_preds, dyn_preds, tl_preds = (predict_speed.read_predictions(tmp_path / f"{name}.csv")
+                                     for name in ("nb", "dyn", "tl"))
+    assert len(nb_preds) == len(dyn_preds) == len(tl_preds) == 48
+    # merged vs unmerged LoRA, chunk- vs batch- vs length-sorted padding: the same classifier
+    assert np.mean(nb_preds == tl_preds) >= 0.95 and np.mean(dyn_preds == tl_preds) >= 0.95
 
 
 def test_run_measured_reports_the_childs_own_peak_memory():

@@ -112,6 +112,10 @@ class ModelConfig:
     head: str = "standard"
     """Classification head: ``standard`` (the model class's own) or ``linear`` (dropout + one Linear on the first
     token's final hidden state: 3,076 parameters for roberta-base and 4 classes instead of 593,668)."""
+    first_token_last_layer: bool = True
+    """Run the last encoder layer for the first token only, the one the head reads (keys/values still from every
+    token). Exact, not an approximation; skips ~1/N of an N-layer encoder's work. Applied to BERT/RoBERTa-style
+    encoders with SDPA or eager attention; other models run stock (the train log says which)."""
 
     def __post_init__(self):
         _require(self.lora_r >= 1, "model.lora_r", "must be >= 1")

@@ -27,6 +27,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from .config import ModelConfig
 from .errors import ConfigError, RunFolderError
+from .first_token import restrict_last_layer
 from .heads import apply_head
 from .labels import LabelMap
 
@@ -165,6 +166,8 @@ def build_base_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained
         raise ConfigError(f"model.name_or_path={cfg.name_or_path!r}: could not load pretrained weights "
                           f"({str(exc).splitlines()[0]})") from None
     apply_head(model, cfg.head)
+    if cfg.first_token_last_layer:
+        restrict_last_layer(model, cfg.head)
     # A module the head replaced (e.g. a BERT pooler) is no longer missing: it is gone.
     present = set(model.state_dict())
     return model, sorted(key for key in info.get("missing_keys", []) if key in present)
@@ -210,7 +213,8 @@ def load_trained_model(run_dir: Path, base_name_or_path: str, label_map: LabelMa
                        head: Optional[str] = None) -> PeftModel:
     """Stock base model + the run's adapter (and head) from ``run_dir/adapter``.
 
-    ``head`` defaults to the run's ``model.head`` (from its config.yaml), so the same head is rebuilt.
+    ``head`` defaults to the run's ``model.head`` (from its config.yaml), so the same head is rebuilt; the
+    run's ``model.first_token_last_layer`` is applied as in training.
     """
     adapter_dir = run_dir / "adapter"
     if not (adapter_dir / "adapter_config.json").is_file() or not (adapter_dir / "adapter_model.safetensors").is_file():
@@ -218,18 +222,21 @@ def load_trained_model(run_dir: Path, base_name_or_path: str, label_map: LabelMa
                              "adapter_model.safetensors); train the run to completion or pick another run")
     config = load_model_config(base_name_or_path, label_map)
     _quiet_transformers()
+    run_model = _run_model_config(run_dir)
     try:
         base = AutoModelForSequenceClassification.from_pretrained(base_name_or_path, config=config)
-        apply_head(base, head or _run_head(run_dir))
+        apply_head(base, head or run_model.head)
+        if run_model.first_token_last_layer:
+            restrict_last_layer(base, head or run_model.head)
         return PeftModel.from_pretrained(base, adapter_dir)
     except Exception as exc:  # corrupt safetensors, mismatched shapes, bad JSON
         raise RunFolderError(f"could not load the adapter in {adapter_dir}: {str(exc).splitlines()[0]}. "
                              "The file is corrupt or from another base model; retrain or restore it") from None
 
 
-def _run_head(run_dir: Path) -> str:
-    """The ``model.head`` a run was trained with (``standard`` for runs older than the setting)."""
+def _run_model_config(run_dir: Path) -> ModelConfig:
+    """The ``model`` section a run was trained with (defaults for settings newer than the run)."""
     from .config import config_from_yaml_file
 
     path = Path(run_dir) / "config.yaml"
-    return config_from_yaml_file(path).model.head if path.is_file() else "standard"
+    return config_from_yaml_file(path).model if path.is_file() else ModelConfig()

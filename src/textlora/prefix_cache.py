@@ -190,7 +190,9 @@ def prefix_start(mode: str, model: torch.nn.Module, lengths: np.ndarray, max_gb:
     if parts is None:
         reason = "this model has no <base>.embeddings + <base>.encoder.layer layout (BERT/RoBERTa-style) to cache"
     else:
-        start = lowest_trained_layer(parts)
+        # With no layer trained, cache what enters the last layer: it may run for the first token only
+        # (first_token.py), so its output is not a per-token state to store.
+        start = min(lowest_trained_layer(parts), len(parts.layers) - 1)
         size_gb = estimate_bytes(lengths, parts.hidden_size) / 1e9
         if start == 0:
             reason = "LoRA or trained weights start at layer 0, so there is no frozen prefix (set model.layers, e.g. 8-11)"

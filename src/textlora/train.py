@@ -30,6 +30,7 @@ from .inference import predict_proba
 from .interrupts import DeferredInterrupt
 from .model import build_model, load_tokenizer
 from .optim import build_optimizer, build_scheduler
+from .first_token import first_token_note
 from .prefix_cache import PrefixCache, build_prefix_caches, classifier_logits
 from .runfolder import MetricsLog, new_run_dir, with_absolute_paths, write_config, write_json
 from .rundata import PREDICTIONS_DIR, full_model_params, save_predictions
@@ -109,6 +110,7 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
     enforce_budget(config.model, breakdown, built)
     check_trackers(config.train.trackers)
     print(breakdown.table())
+    print(f"[model] {first_token_note(built.model, config.model)}")
     tokenizer = load_tokenizer(config.model.name_or_path)
     run_dir = resume if resume is not None else (new_run_dir(config, config_name) if main else None)
     run_dir = Path(_broadcast(accelerator, str(run_dir) if run_dir else ""))

@@ -1,0 +1,117 @@
+"""Run the last encoder layer for the first token only: the classification head reads nothing else.
+
+A sequence classifier's head reads one vector, the first token's final hidden state (RoBERTa's
+``features[:, 0, :]``, BERT's pooler on ``hidden_states[:, 0]``, textlora's linear head). In the last
+layer every other token's query, attention output, feed-forward and LayerNorm are computed and then
+thrown away. Restricting that layer to the first token keeps the keys and values of all tokens (the
+first token still attends to the whole text) and drops the rest: about 10/12 of the layer's matrix
+work, so ~1/N of the encoder's cost in training and inference (N layers), and more when the
+prefix cache leaves only the top layers to run. The logits are the same computation, not an
+approximation (tests compare with the stock forward, with gradients).
+
+The model stays stock: only the last layer's ``forward`` is replaced on that instance, and the
+replacement calls the layer's own submodules (so LoRA on query/key/value, merged or not, applies).
+It is applied only where it is known to be exact: BERT-style layers (``attention.self`` with
+query/key/value, ``attention.output``, ``feed_forward_chunk``), SDPA or eager attention, an encoder
+(not a decoder), and a head known to read the first token.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Optional
+
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+# Stock heads that read only the first token's final hidden state (pooler or classification head).
+FIRST_TOKEN_CLASSIFIERS = frozenset({
+    "BertForSequenceClassification", "RobertaForSequenceClassification", "XLMRobertaForSequenceClassification",
+    "CamembertForSequenceClassification", "ElectraForSequenceClassification",
+    "Data2VecTextForSequenceClassification",
+})
+_ATTENTION_KINDS = ("sdpa", "eager")
+
+
+def _first_token_forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                         *unused_args, **kwargs) -> torch.Tensor:
+    """A BERT-style layer's forward with queries from the first token only: ``[B, T, H]`` -> ``[B, 1, H]``."""
+    self_attention = self.attention.self
+    batch, length = hidden_states.shape[:2]
+    head_size = self_attention.attention_head_size
+    first = hidden_states[:, :1]
+    query = self_attention.query(first).view(batch, 1, -1, head_size).transpose(1, 2)
+    key = self_attention.key(hidden_states).view(batch, length, -1, head_size).transpose(1, 2)
+    value = self_attention.value(hidden_states).view(batch, length, -1, head_size).transpose(1, 2)
+    if attention_mask is not None and attention_mask.dim() == 4:
+        attention_mask = attention_mask[:, :, :1, :]  # the first query's row ([B, 1, 1 or T, T] -> [B, 1, 1, T])
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(self_attention.config._attn_implementation,
+                                                   _eager_attention(self_attention))
+    context, _ = attend(self_attention, query, key, value, attention_mask,
+                        dropout=self_attention.dropout.p if self_attention.training else 0.0,
+                        scaling=self_attention.scaling)
+    attention_output = self.attention.output(context.reshape(batch, 1, -1), first)
+    return self.feed_forward_chunk(attention_output)
+
+
+def _eager_attention(self_attention):
+    # The model's own eager function (it lives in the model's module, not in the registry).
+    import sys
+
+    return sys.modules[type(self_attention).__module__].eager_attention_forward
+
+
+def _classifier(model: torch.nn.Module) -> torch.nn.Module:
+    inner = getattr(model, "_orig_mod", model)
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+
+
+def _last_layer(classifier: torch.nn.Module) -> Optional[torch.nn.Module]:
+    base = getattr(classifier, getattr(classifier, "base_model_prefix", ""), None)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+        return None
+    return layers[-1]
+
+
+def why_not(model: torch.nn.Module, head: str) -> Optional[str]:
+    """None when the last layer can run for the first token only, else the reason it cannot."""
+    classifier = _classifier(model)
+    config = classifier.config
+    if head != "linear" and type(classifier).__name__ not in FIRST_TOKEN_CLASSIFIERS:
+        return f"{type(classifier).__name__}'s head is not known to read only the first token"
+    if getattr(config, "is_decoder", False):
+        return "the model is a decoder"
+    if getattr(config, "_attn_implementation", None) not in _ATTENTION_KINDS:
+        return f"attention implementation {getattr(config, '_attn_implementation', None)!r} is not sdpa or eager"
+    layer = _last_layer(classifier)
+    self_attention = getattr(getattr(layer, "attention", None), "self", None)
+    needed = ("query", "key", "value", "attention_head_size", "scaling", "dropout")
+    if layer is None or self_attention is None or not all(hasattr(self_attention, name) for name in needed) \
+            or not hasattr(layer.attention, "output") or not hasattr(layer, "feed_forward_chunk"):
+        return "the encoder's layers are not BERT-style (attention.self.query/key/value, feed_forward_chunk)"
+    return None
+
+
+def restrict_last_layer(model: torch.nn.Module, head: str) -> bool:
+    """Make the last encoder layer compute the first token only, where that is exact; True when applied."""
+    if why_not(model, head) is not None:
+        return False
+    layer = _last_layer(_classifier(model))
+    layer.forward = types.MethodType(_first_token_forward, layer)
+    return True
+
+
+def is_restricted(model: torch.nn.Module) -> bool:
+    layer = _last_layer(_classifier(model))
+    forward = getattr(layer, "__dict__", {}).get("forward")
+    return getattr(forward, "__func__", None) is _first_token_forward
+
+
+def first_token_note(model: torch.nn.Module, model_cfg) -> str:
+    """One line for the train log: whether the last layer runs for the first token only, and if not why."""
+    if not model_cfg.first_token_last_layer:
+        return "last layer runs for every token (model.first_token_last_layer=false)"
+    if is_restricted(model):
+        return "last layer runs for the first token only, the one the head reads (exact; model.first_token_last_layer)"
+    return f"last layer runs for every token: {why_not(model, model_cfg.head)}"
