@@ -129,9 +129,12 @@ def make_trainer(setup: TrainSetup, model, tokenizer, dataset, best_practice: bo
 
 def build_trainer_arm(setup: TrainSetup, rows_csv: Path, notebook: bool, output_dir: Path, bf16: bool = False):
     """Tokenizer, dataset, peft model and Trainer of the notebook stack (or its best-practice variant)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, set_seed
 
     tokenizer = AutoTokenizer.from_pretrained(setup.model_dir)
+    # Trainer seeds only when it is built; seeding here too makes the head and LoRA init repeatable
+    # (without it the same seed gave 0.8618 and 0.8584 test accuracy in two parity runs).
+    set_seed(setup.seed)
     model = build_peft_classifier(setup, num_labels=len(LABEL_NAMES))
     dataset = tokenized_dataset(tokenizer, read_rows(rows_csv), notebook=notebook, max_length=setup.max_length,
                                 model_limit=model.config.max_position_embeddings)

@@ -93,7 +93,7 @@ def test_predict_arms_write_the_same_predictions(tiny_run, tmp_path):
     nb = predict_speed.notebook_arm(run_dir, rows, tmp_path / "nb.csv", 8, "cpu")
     dyn = predict_speed.notebook_arm(run_dir, rows, tmp_path / "dyn.csv", 8, "cpu", chunk_padding=False)
     tl = predict_speed.textlora_arm(run_dir, rows, tmp_path / "tl.csv", None, "cpu")
-    assert nb["seconds"] > 0 and tl["seconds"] > 0 and nb["loop_s"] <= nb["seconds"]
+    assert min(nb["seconds"], dyn["seconds"], tl["seconds"]) > 0 and nb["loop_s"] <= nb["seconds"]
     nb_preds, dyn_preds, tl_preds = (predict_speed.read_predictions(tmp_path / f"{name}.csv")
                                      for name in ("nb", "dyn", "tl"))
     assert len(nb_preds) == len(dyn_preds) == len(tl_preds) == 48

@@ -13,7 +13,10 @@ The model stays stock: only the last layer's ``forward`` is replaced on that ins
 replacement calls the layer's own submodules (so LoRA on query/key/value, merged or not, applies).
 It is applied only where it is known to be exact: BERT-style layers (``attention.self`` with
 query/key/value, ``attention.output``, ``feed_forward_chunk``), SDPA or eager attention, an encoder
-(not a decoder), and a head known to read the first token.
+(not a decoder), and a head known to read the first token. What it gives up: the last layer's per-token hidden
+states and attention maps are not produced (``output_hidden_states``/``output_attentions`` see a
+``[B, 1, H]`` last layer); nothing in textlora reads them, and ``model.first_token_last_layer: false``
+restores the stock layer.
 """
 
 from __future__ import annotations
