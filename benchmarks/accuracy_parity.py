@@ -138,9 +138,7 @@ def report(args, setup: stacks.TrainSetup, results: list[dict], test_count: int,
         diff = means["textlora"] - means["notebook"]
         lines.append(f"- textlora - notebook: {diff:+.4f} ({diff * test_count:+.0f} of {test_count:,} test rows; "
                      f"target: >= 0)")
-    text = [f"## Accuracy parity: {setup.device}, {Path(setup.model_dir).name}", "",
-            f"Command: `{bc.command_line()}`", "",
-            f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {bc.machine()}.", "",
+    text = bc.section_head(f"Accuracy parity: {setup.device}, {Path(setup.model_dir).name}") + [
             f"{args.rows:,} real AG News train rows from {data} (sample seed {args.data_seed}), {setup.epochs:g} "
             f"epoch(s), batch {setup.batch_size}, LoRA r={setup.lora_r} alpha={setup.lora_alpha:g} dropout "
             f"{setup.lora_dropout} on {','.join(setup.targets)}, AdamW lr {setup.lr:g} weight decay "

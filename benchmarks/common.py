@@ -330,6 +330,12 @@ def command_line() -> str:
     return " ".join(["python", str(shown), *sys.argv[1:]])
 
 
+def section_head(title: str) -> list[str]:
+    """The first lines of every section: its title, the command that made it, and when and where."""
+    return [f"## {title}", "", f"Command: `{command_line()}`", "",
+            f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {machine()}.", ""]
+
+
 BENCHMARKS_HEADER = ("# Benchmarks\n\nEvery section below is written by the script it names, together with the exact "
                      "command that produced it; run the command again to refresh the section.\n")
 

@@ -145,8 +145,7 @@ def speed(args, workdir: Path) -> str:
     ratio = results["notebook"]["seconds"] / results["textlora"]["seconds"]
     generous = results["notebook-dynamic"]["seconds"] / results["textlora"]["seconds"]
     loop_rate = n / results["notebook"]["loop_s"]
-    text = [f"## Prediction speed: {device}, {n:,} rows", "", f"Command: `{bc.command_line()}`", "",
-            f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {bc.machine()}.", "",
+    text = bc.section_head(f"Prediction speed: {device}, {n:,} rows") + [
             f"Run folder {run_dir} (base model {base}); {n:,} real AG News rows from "
             f"{data}. Each arm in its own process ({args.threads_note}), timed from the run folder and a CSV to a "
             "predictions CSV (imports excluded, model loading included).", "",
@@ -226,8 +225,7 @@ def memory_scaling(args, workdir: Path) -> str:
     first, last = table[0][2], table[-1][2]
     model = f"the run {run_dir}" if args.real_model else \
         "a tiny randomly initialised 2-layer BERT (hidden 32, MiniLM tokenizer, vocabulary 30,522) trained one step"
-    text = [f"## Predict memory as rows grow ({args.device})", "", f"Command: `{bc.command_line()}`", "",
-            f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {bc.machine()}.", "",
+    text = bc.section_head(f"Predict memory as rows grow ({args.device})") + [
             f"`textlora predict` in a fresh process per size on a CSV of rows drawn with replacement from the "
             f"{len(pool.texts):,} real AG News texts of {data}; model: {model}; {args.threads_note}. "
             "Peak RSS from os.wait4.", "",

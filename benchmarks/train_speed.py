@@ -198,9 +198,7 @@ def report(args, setup: stacks.TrainSetup, results: list[dict], meta: dict) -> s
                           "step: part of set-up)")
     layers = f"layers {setup.layers_spec}" if setup.layers else "all layers"
     window = (f"steps {meta['skip'] + 1}-{setup.steps} timed" if meta["skip"] else f"all {setup.steps} steps timed")
-    text = [f"## Training speed: {setup.device}, LoRA on {layers} ({Path(setup.model_dir).name})", "",
-            f"Command: `{bc.command_line()}`", "",
-            f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {bc.machine()}.", "",
+    text = bc.section_head(f"Training speed: {setup.device}, LoRA on {layers} ({Path(setup.model_dir).name})") + [
             f"{meta['rows']:,} real AG News train rows ({meta['data']}), batch {setup.batch_size}, "
             f"{setup.steps} optimizer steps per arm ({window}); LoRA r={setup.lora_r} alpha={setup.lora_alpha:g} "
             f"dropout {setup.lora_dropout} on {','.join(setup.targets)} of {layers}; AdamW lr {setup.lr:g}, "

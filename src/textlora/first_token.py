@@ -27,6 +27,8 @@ from typing import Optional
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .prefix_cache import encoder_parts, stock_classifier
+
 # Stock heads that read only the first token's final hidden state (pooler or classification head).
 FIRST_TOKEN_CLASSIFIERS = frozenset({
     "BertForSequenceClassification", "RobertaForSequenceClassification", "XLMRobertaForSequenceClassification",
@@ -64,30 +66,23 @@ def _eager_attention(self_attention):
     return sys.modules[type(self_attention).__module__].eager_attention_forward
 
 
-def _classifier(model: torch.nn.Module) -> torch.nn.Module:
-    inner = getattr(model, "_orig_mod", model)
-    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-
-
-def _last_layer(classifier: torch.nn.Module) -> Optional[torch.nn.Module]:
-    base = getattr(classifier, getattr(classifier, "base_model_prefix", ""), None)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
-        return None
-    return layers[-1]
+def _last_layer(model: torch.nn.Module) -> Optional[torch.nn.Module]:
+    parts = encoder_parts(model)
+    return parts.layers[-1] if parts is not None and len(parts.layers) else None
 
 
 def why_not(model: torch.nn.Module, head: str) -> Optional[str]:
     """None when the last layer can run for the first token only, else the reason it cannot."""
-    classifier = _classifier(model)
+    classifier = stock_classifier(model)
     config = classifier.config
     if head != "linear" and type(classifier).__name__ not in FIRST_TOKEN_CLASSIFIERS:
         return f"{type(classifier).__name__}'s head is not known to read only the first token"
     if getattr(config, "is_decoder", False):
         return "the model is a decoder"
-    if getattr(config, "_attn_implementation", None) not in _ATTENTION_KINDS:
-        return f"attention implementation {getattr(config, '_attn_implementation', None)!r} is not sdpa or eager"
-    layer = _last_layer(classifier)
+    attention = getattr(config, "_attn_implementation", None)
+    if attention not in _ATTENTION_KINDS:
+        return f"attention implementation {attention!r} is not sdpa or eager"
+    layer = _last_layer(model)
     self_attention = getattr(getattr(layer, "attention", None), "self", None)
     needed = ("query", "key", "value", "attention_head_size", "scaling", "dropout")
     if layer is None or self_attention is None or not all(hasattr(self_attention, name) for name in needed) \
@@ -100,13 +95,13 @@ def restrict_last_layer(model: torch.nn.Module, head: str) -> bool:
     """Make the last encoder layer compute the first token only, where that is exact; True when applied."""
     if why_not(model, head) is not None:
         return False
-    layer = _last_layer(_classifier(model))
+    layer = _last_layer(model)
     layer.forward = types.MethodType(_first_token_forward, layer)
     return True
 
 
 def is_restricted(model: torch.nn.Module) -> bool:
-    layer = _last_layer(_classifier(model))
+    layer = _last_layer(model)
     forward = getattr(layer, "__dict__", {}).get("forward")
     return getattr(forward, "__func__", None) is _first_token_forward
 

@@ -165,12 +165,17 @@ def build_base_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model.name_or_path={cfg.name_or_path!r}: could not load pretrained weights "
                           f"({str(exc).splitlines()[0]})") from None
-    apply_head(model, cfg.head)
-    if cfg.first_token_last_layer:
-        restrict_last_layer(model, cfg.head)
+    _shape_for_textlora(model, cfg.head, cfg.first_token_last_layer)
     # A module the head replaced (e.g. a BERT pooler) is no longer missing: it is gone.
     present = set(model.state_dict())
     return model, sorted(key for key in info.get("missing_keys", []) if key in present)
+
+
+def _shape_for_textlora(model: torch.nn.Module, head: str, first_token_last_layer: bool) -> None:
+    """What textlora does to a freshly loaded stock classifier, in training and inference alike."""
+    apply_head(model, head)
+    if first_token_last_layer:
+        restrict_last_layer(model, head)
 
 
 def _quiet_transformers() -> None:
@@ -225,9 +230,7 @@ def load_trained_model(run_dir: Path, base_name_or_path: str, label_map: LabelMa
     run_model = _run_model_config(run_dir)
     try:
         base = AutoModelForSequenceClassification.from_pretrained(base_name_or_path, config=config)
-        apply_head(base, head or run_model.head)
-        if run_model.first_token_last_layer:
-            restrict_last_layer(base, head or run_model.head)
+        _shape_for_textlora(base, head or run_model.head, run_model.first_token_last_layer)
         return PeftModel.from_pretrained(base, adapter_dir)
     except Exception as exc:  # corrupt safetensors, mismatched shapes, bad JSON
         raise RunFolderError(f"could not load the adapter in {adapter_dir}: {str(exc).splitlines()[0]}. "
