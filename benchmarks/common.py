@@ -132,6 +132,18 @@ def materialize_model(name_or_path: str, workdir: Path, seed: int = 0) -> str:
     return str(target)
 
 
+def token_limit(tokenizer, max_positions: int) -> int:
+    """Where ``truncation=True`` cuts: the tokenizer's limit, or the model's for a bare vocabulary with none."""
+    return min(tokenizer.model_max_length, max_positions)
+
+
+def model_token_limit(model_dir: str) -> int:
+    from transformers import AutoConfig, AutoTokenizer
+
+    return token_limit(AutoTokenizer.from_pretrained(model_dir),
+                       AutoConfig.from_pretrained(model_dir).max_position_embeddings)
+
+
 def num_layers(model_dir: str) -> int:
     from transformers import AutoConfig
 

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from benchmarks.common import LABEL_NAMES, Rows, num_layers, read_rows
+from benchmarks.common import LABEL_NAMES, Rows, num_layers, read_rows, token_limit
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def tokenized_dataset(tokenizer, rows: Rows, notebook: bool, max_length: int, mo
     disable_progress_bars()
     dataset = Dataset.from_dict({"text": rows.texts, "label": rows.labels})
     if notebook:
-        limit = min(tokenizer.model_max_length, model_limit or tokenizer.model_max_length)
+        limit = token_limit(tokenizer, model_limit or tokenizer.model_max_length)
         return dataset.map(lambda b: tokenizer(b["text"], padding=True, truncation=True, max_length=limit),
                            batched=True, remove_columns=["text"])
 
@@ -193,7 +193,7 @@ def notebook_predict(model, tokenizer, texts: Sequence[str], batch_size: int = 8
     import torch
 
     model.to(device).eval()
-    limit = min(tokenizer.model_max_length, model.config.max_position_embeddings)  # a bare vocabulary has no limit
+    limit = token_limit(tokenizer, model.config.max_position_embeddings)
     preds: list[int] = []
     if chunk_padding:
         from datasets import Dataset, disable_progress_bars

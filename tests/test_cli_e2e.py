@@ -120,6 +120,20 @@ def test_params_counts_and_refuses_over_budget(tiny_config_yaml, capsys):
     assert "over the budget of 1,000" in err and "Nearest configurations that fit" in err
 
 
+def test_train_after_another_accelerator_set_a_different_precision(tiny_config_yaml, tmp_path):
+    """A notebook that ran Trainer first has fixed accelerate's precision for the process; textlora still trains
+    with its own, and the summary says which it used."""
+    from accelerate import Accelerator
+
+    for earlier, precision, name in (("bf16", "no", "fp32"), ("no", "bf16", "bf16")):
+        Accelerator(cpu=True, mixed_precision=earlier)
+        run = f"tiny-{name}"
+        assert main(["train", "--config", str(tiny_config_yaml), f"train.mixed_precision={precision}",
+                     f"train.run_name={run}"]) == 0
+        summary = json.loads((tmp_path / "runs" / run / "summary.json").read_text())
+        assert (summary["precision"], summary["device"]) == (name, "cpu")
+
+
 def test_resume_continues_exactly(tiny_config_yaml, tmp_path):
     """Resuming from the epoch-1 checkpoint ends with the same weights as the uninterrupted run."""
     assert main(["train", "--config", str(tiny_config_yaml), "train.keep_last=5"]) == 0

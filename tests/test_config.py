@@ -75,6 +75,15 @@ def test_allowed_values_are_listed():
         load_config(None, ("optim.name=adam",))
 
 
+def test_fp32_spelled_as_yaml_reads_it(tmp_path):
+    """`no` is accelerate's name for fp32, but YAML reads a bare `no` as false: every spelling means fp32."""
+    for spelling in ("no", "'no'", "false", "fp32"):
+        assert load_config(_yaml(tmp_path, f"train:\n  mixed_precision: {spelling}\n")).train.mixed_precision == "no"
+    assert load_config(None, ("train.mixed_precision=no",)).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="train.mixed_precision"):
+        load_config(None, ("train.mixed_precision=yes",))
+
+
 def test_min_words_above_max_words():
     with pytest.raises(ConfigError, match="data.min_words.*data.max_words"):
         load_config(None, ("data.min_words=50", "data.max_words=10"))

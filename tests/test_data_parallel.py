@@ -35,6 +35,7 @@ def no_dropout_config(tmp_path_factory, tiny_model_dir):
     (model / "config.json").write_text(json.dumps(config))
     path = folder / "ddp.yaml"
     # 202 training rows, global batch 8: 25 full batches and one of 2, so every batch halves evenly.
+    # fp32 on every CPU: auto picks bf16 where the CPU has AMX, and bf16 sums in another order differ by ~1e-4.
     path.write_text(f"""
 model: {{name_or_path: {model}, max_length: 48, lora_r: 4, lora_alpha: 8, lora_dropout: 0.0}}
 data:
@@ -42,7 +43,7 @@ data:
   label_names: [World, Sports, Business, Sci/Tech]
   validation_size: 40
 optim: {{lr: 2.0e-3, warmup_steps: 2}}
-train: {{epochs: 1, batch_size: 8, log_every_steps: 2, num_threads: 1, output_dir: {folder / 'runs'}, quiet: true}}
+train: {{epochs: 1, batch_size: 8, log_every_steps: 2, num_threads: 1, mixed_precision: 'no', output_dir: {folder / 'runs'}, quiet: true}}
 """)
     return path, folder / "runs"
 

@@ -185,7 +185,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     """Cross-entropy label smoothing."""
     mixed_precision: str = "auto"
-    """``auto`` (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU), ``bf16``, ``fp16`` or ``no``."""
+    """``auto`` (bf16 on GPUs that have it, fp16 on older GPUs; on CPU bf16 only with AMX tiles, else fp32),
+    ``bf16``, ``fp16`` or ``no`` (also ``fp32``). The run's ``summary.json`` records what was used."""
     device: str = "auto"
     """``auto`` (CUDA, then MPS, then CPU), ``cuda``, ``mps`` or ``cpu``."""
     eval_every_steps: Optional[int] = None
@@ -232,6 +233,9 @@ class TrainConfig:
         _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         _require(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
+        # YAML reads a bare `no` (and `off`, `false`) as a boolean, which reaches this str field as 'False'.
+        if self.mixed_precision in ("False", "fp32"):
+            object.__setattr__(self, "mixed_precision", "no")  # frozen dataclass
         _one_of(self.mixed_precision, "train.mixed_precision", ("auto", "bf16", "fp16", "no"))
         _one_of(self.device, "train.device", ("auto", "cuda", "mps", "cpu"))
         _one_of(self.metric_for_best, "train.metric_for_best", ("accuracy", "macro_f1", "loss"))

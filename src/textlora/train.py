@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from . import checkpoint as ckpt
@@ -57,7 +58,14 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on CPU")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    # accelerate keeps one precision per process and refuses another: a notebook that ran Trainer, or
+    # an earlier run in a sweep, has set one. Only that state is dropped; the process group is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=precision, cpu=use_cpu, dynamo_backend="inductor" if cfg.compile else None)
+
+
+def precision_name(accelerator: Accelerator) -> str:
+    return {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
 
 
 def _cpu_has_amx() -> bool:
@@ -90,6 +98,8 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
     check_trackers(config.train.trackers)
     print(breakdown.table())
     print(f"[model] {first_token_note(built.model, config.model)}")
+    print(f"[train] {accelerator.device}, {precision_name(accelerator)} "
+          f"(train.mixed_precision={config.train.mixed_precision})")
     tokenizer = load_tokenizer(config.model.name_or_path)
     run_dir = resume if resume is not None else (new_run_dir(config, config_name) if main else None)
     run_dir = Path(_broadcast(accelerator, str(run_dir) if run_dir else ""))
@@ -165,6 +175,7 @@ def _finish(loop: TrainLoop, data: TrainingData, tokenizer, trainable: int, star
     metrics = loop.validate()
     summary = {"run_dir": str(run_dir), "best_metric": loop.cfg.metric_for_best, "best_value": state.best_metric,
                "best_step": state.best_step, "steps": state.step, "validation_accuracy": metrics["accuracy"],
+               "device": str(accelerator.device), "precision": precision_name(accelerator),
                "trainable_params": trainable, "train_seconds": round(state.train_seconds, 2),
                "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
                "train_tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1)}
