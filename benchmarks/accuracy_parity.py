@@ -11,7 +11,9 @@ full AG News test split:
 - ``notebook``: Trainer + ``get_peft_model`` with ``padding=True`` in ``datasets.map``, then a
   batch-8 prediction loop on the unmerged model (each batch padded on its own: the same labels as
   the notebooks' chunk-padded loop, faster);
-- ``textlora``: ``textlora.train.train`` with the test split as ``data.test`` (its own evaluation).
+- ``textlora``: ``textlora.train.train`` with the test split as ``data.test`` (its own evaluation);
+- ``textlora-fp32``: the same in fp32 (``textlora`` uses bf16 autocast on CPUs with AMX), for the accuracy
+  effect of bf16.
 
 Both score their final model (textlora validates only after its last step, so nothing is picked
 on validation). The target: textlora's test accuracy >= the notebook stack's.
@@ -35,7 +37,7 @@ import numpy as np
 from benchmarks import common as bc
 from benchmarks import stacks
 
-ARMS = ("notebook", "textlora")
+ARMS = ("notebook", "textlora", "textlora-fp32")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default="42", help="training seeds, comma-separated")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the row sample")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--arms", default="notebook,textlora")
+    p.add_argument("--arms", default="notebook,textlora", help=f"comma-separated, from {', '.join(ARMS)}")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per arm (default: torch's own)")
     p.add_argument("--workdir", default=None)
     p.add_argument("--out", default=str(bc.REPO / "BENCHMARKS.md"), help="markdown file to update, or 'none'")
@@ -79,18 +81,21 @@ def run_arm(arm: str, setup: stacks.TrainSetup, workdir: Path) -> dict:
         # (predict_speed.py checks it: 100% agreement), in a quarter of the time. Padding is masked out.
         preds = stacks.notebook_predict(trainer.model, tokenizer, test.texts, 8, setup.device, chunk_padding=False)
         accuracy = float(np.mean(preds == np.asarray(test.labels)))
-        losses = stacks.trainer_losses(trainer)
+        losses, precision = stacks.trainer_losses(trainer), "fp32"  # the Trainer's default: the notebooks set none
     else:
         from textlora.config import load_config
         from textlora.train import train
 
         overrides = stacks.textlora_overrides(setup, workdir / "train.csv", workdir / "val.csv", workdir / "runs",
-                                          f"parity-{setup.seed}-{int(time.time())}", test_csv=workdir / "test.csv")
+                                          f"parity-{setup.seed}-{int(time.time())}", test_csv=workdir / "test.csv",
+                                          extra=stacks.TEXTLORA_ARM_OVERRIDES.get(arm, ()))
         run_dir = train(load_config(None, tuple(overrides)), config_name="parity")
         summary = json.loads((run_dir / "summary.json").read_text())
         train_s = summary["train_seconds"]
         accuracy, losses = summary["test_accuracy"], stacks.textlora_losses(run_dir)
-    return {"arm": arm, "seed": setup.seed, "test_accuracy": round(accuracy, 4), "final_loss": bc.mean_last(losses),
+        precision = summary["precision"]
+    return {"arm": arm, "precision": precision, "seed": setup.seed, "test_accuracy": round(accuracy, 4),
+            "final_loss": bc.mean_last(losses),
             "train_s": round(train_s, 1), "total_s": round(time.perf_counter() - started, 1),
             **bc.peak_memory_mb()}
 
@@ -134,16 +139,25 @@ def main(argv=None) -> int:
     return 0
 
 
+def paired_difference(results: list[dict], arm: str, baseline: str, test_count: int) -> str:
+    """Mean of the per-seed accuracy differences ``arm - baseline``, with its standard error."""
+    by_seed = {(r["arm"], r["seed"]): r["test_accuracy"] for r in results}
+    diffs = np.array([by_seed[arm, seed] - by_seed[baseline, seed] for a, seed in by_seed
+                      if a == arm and (baseline, seed) in by_seed])
+    error = diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    return (f"- {arm} - {baseline}, paired by seed: {diffs.mean():+.4f} +/- {error:.4f} (standard error over "
+            f"{len(diffs)} seeds; {diffs.mean() * test_count:+.0f} of {test_count:,} test rows; target: >= 0); "
+            f"per seed {', '.join(f'{d:+.4f}' for d in diffs)}")
+
+
 def report(args, setup: stacks.TrainSetup, results: list[dict], test_count: int, data: Path, test: Path) -> str:
-    table = [[r["arm"], r["seed"], r["test_accuracy"], r["final_loss"], r["train_s"], r["process_peak_rss_mb"]]
-             for r in results]
+    table = [[r["arm"], r["seed"], r["precision"], r["test_accuracy"], r["final_loss"], r["train_s"],
+              r["process_peak_rss_mb"]] for r in results]
     means = {arm: float(np.mean([r["test_accuracy"] for r in results if r["arm"] == arm]))
              for arm in dict.fromkeys(r["arm"] for r in results)}
     lines = [f"- mean test accuracy of {arm}: **{value:.4f}**" for arm, value in means.items()]
-    if {"notebook", "textlora"} <= means.keys():
-        diff = means["textlora"] - means["notebook"]
-        lines.append(f"- textlora - notebook: {diff:+.4f} ({diff * test_count:+.0f} of {test_count:,} test rows; "
-                     f"target: >= 0)")
+    for arm in [a for a in means if a != "notebook" and "notebook" in means]:
+        lines.append(paired_difference(results, arm, "notebook", test_count))
     text = bc.section_head(f"Accuracy parity: {setup.device}, {Path(setup.model_dir).name}") + [
             f"{args.rows:,} real AG News train rows from {data} (sample seed {args.data_seed}), {setup.epochs:g} "
             f"epoch(s), batch {setup.batch_size}, texts truncated at {setup.max_length} tokens, LoRA r={setup.lora_r} alpha={setup.lora_alpha:g} dropout "
@@ -152,7 +166,7 @@ def report(args, setup: stacks.TrainSetup, results: list[dict], test_count: int,
             f"{setup.max_grad_norm}; final models scored on {test_count:,} rows of {test}. Notebook: Trainer + PEFT, "
             "`padding=True` in `datasets.map`, batch-8 prediction loop (batches padded on their own). textlora: its own training and evaluation. "
             f"Each arm in its own process, with {args.threads_note}.", "",
-            bc.markdown_table(["arm", "seed", "test accuracy", "final train loss", "train s", "peak RSS (MB)"], table),
+            bc.markdown_table(["arm", "seed", "precision", "test accuracy", "final train loss", "train s", "peak RSS (MB)"], table),
             "", *lines]
     return "\n".join(text)
 

@@ -145,6 +145,12 @@ def trainer_losses(trainer) -> list[float]:
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
+# textlora arms with one setting forced: fp32 (to isolate what train.mixed_precision=auto gives: bf16 on GPUs
+# and on CPUs with AMX), the frozen-prefix cache on / off. Plain "textlora" keeps every default.
+TEXTLORA_ARM_OVERRIDES = {"textlora-fp32": ("train.mixed_precision=no",), "textlora-cache": ("train.prefix_cache=on",),
+                          "textlora-nocache": ("train.prefix_cache=off",)}
+
+
 def textlora_overrides(setup: TrainSetup, train_csv: Path, val_csv: Path, output_dir: Path, run_name: str,
                        test_csv: Optional[Path] = None, eval_only_at_end: bool = True,
                        extra: Sequence[str] = ()) -> list[str]:

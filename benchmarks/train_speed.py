@@ -17,7 +17,7 @@ gradient clipping and seed:
 - ``textlora-fp32``: textlora in fp32, to isolate what ``train.mixed_precision: auto`` gives (bf16 on
   CPUs with AMX and on GPUs);
 - ``textlora-cache`` / ``textlora-nocache``: textlora with the frozen-prefix cache forced on / off
-  (``ARM_OVERRIDES``), for the top-layer layout (plain ``textlora`` keeps its default).
+  (``stacks.TEXTLORA_ARM_OVERRIDES``), for the top-layer layout (plain ``textlora`` keeps its default).
 
 Throughput is measured between optimizer steps (step ``skip`` to the last), so model loading,
 tokenization and the first step are reported separately as set-up. Results: a markdown table
@@ -44,9 +44,6 @@ from benchmarks import common as bc
 from benchmarks import stacks
 
 ARMS = ("notebook", "best-practice", "textlora", "textlora-fp32", "textlora-cache", "textlora-nocache")
-# textlora with one setting forced: fp32 (to isolate what auto precision gives), the frozen-prefix cache on / off.
-ARM_OVERRIDES = {"textlora-fp32": ["train.mixed_precision=no"], "textlora-cache": ["train.prefix_cache=on"],
-                 "textlora-nocache": ["train.prefix_cache=off"]}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -92,7 +89,7 @@ def run_arm(arm: str, setup: stacks.TrainSetup, workdir: Path, skip: int, bp_bf1
     if arm in ("notebook", "best-practice"):
         result = _trainer_arm(arm, setup, workdir, meter, bp_bf16)
     else:
-        overrides = tuple(ARM_OVERRIDES.get(arm, ())) + tuple(extra_overrides)
+        overrides = stacks.TEXTLORA_ARM_OVERRIDES.get(arm, ()) + tuple(extra_overrides)
         result = _textlora_arm(arm, setup, workdir, meter, overrides)
     meter.stop()
     window = meter.window(setup.batch_size)

@@ -133,3 +133,13 @@ def test_accuracy_parity_arms_score_the_same_test_rows(tmp_path, tiny_model_dir)
     textlora_run = next((tmp_path / "runs").iterdir())
     assert json.loads((textlora_run / "summary.json").read_text())["test_accuracy"] == pytest.approx(
         results[1]["test_accuracy"], abs=1e-4)
+
+
+def test_accuracy_parity_pairs_differences_by_seed():
+    results = [{"arm": arm, "seed": seed, "test_accuracy": acc} for arm, seed, acc in (
+        ("notebook", 1, 0.80), ("textlora", 1, 0.81), ("notebook", 2, 0.90), ("textlora", 2, 0.89),
+        ("notebook", 3, 0.85), ("textlora", 3, 0.88), ("textlora", 4, 0.99))]  # seed 4 has no pair: left out
+    line = accuracy_parity.paired_difference(results, "textlora", "notebook", 100)
+    # differences +0.01, -0.01, +0.03: mean +0.01, sample std 0.02, standard error 0.02 / sqrt(3)
+    assert "+0.0100 +/- 0.0115" in line and "3 seeds" in line and "+1 of 100 test rows" in line
+    assert "per seed +0.0100, -0.0100, +0.0300" in line
