@@ -63,6 +63,18 @@ def test_batches_waste_less_padding_than_random_batches():
     assert grouped_waste < 0.5 * random_waste, (grouped_waste, random_waste)  # measured: 0.10 vs 0.44
 
 
+def test_pools_of_one_batch_are_batches_of_random_rows():
+    """train.length_pool_batches=1: no length grouping, each batch padded only to its own longest."""
+    sampler = LengthGroupedBatches(LENGTHS, batch_size=16, seed=0, pool_batches=1)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(len(LENGTHS)))
+    # The rows of each batch are those of one 16-row slice of the epoch's shuffle.
+    order = np.random.default_rng(0).permutation(len(LENGTHS))
+    slices = {frozenset(order[i:i + 16].tolist()) for i in range(0, len(order), 16)}
+    assert {frozenset(b) for b in batches} == slices
+    assert _waste(batches, LENGTHS) > 0.3  # as much padding as random batches (0.44 measured for those)
+
+
 def test_batches_are_not_ordered_by_length():
     maxima = [LENGTHS[b].max() for b in LengthGroupedBatches(LENGTHS, batch_size=16, seed=0)]
     steps = np.diff(maxima)

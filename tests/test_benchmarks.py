@@ -93,7 +93,9 @@ def test_predict_arms_write_the_same_predictions(tiny_run, tmp_path):
     nb = predict_speed.notebook_arm(run_dir, rows, tmp_path / "nb.csv", 8, "cpu")
     dyn = predict_speed.notebook_arm(run_dir, rows, tmp_path / "dyn.csv", 8, "cpu", chunk_padding=False)
     tl = predict_speed.textlora_arm(run_dir, rows, tmp_path / "tl.csv", None, "cpu")
+    tl32 = predict_speed.textlora_arm(run_dir, rows, tmp_path / "tl32.csv", None, "cpu", "fp32")
     assert min(nb["seconds"], dyn["seconds"], tl["seconds"]) > 0 and nb["loop_s"] <= nb["seconds"]
+    assert tl32["precision"] == "fp32" and tl["precision"] in ("fp32", "bf16")  # the run's own: machine-dependent
     nb_preds, dyn_preds, tl_preds = (predict_speed.read_predictions(tmp_path / f"{name}.csv")
                                      for name in ("nb", "dyn", "tl"))
     assert len(nb_preds) == len(dyn_preds) == len(tl_preds) == 48
@@ -143,3 +145,17 @@ def test_accuracy_parity_pairs_differences_by_seed():
     # differences +0.01, -0.01, +0.03: mean +0.01, sample std 0.02, standard error 0.02 / sqrt(3)
     assert "+0.0100 +/- 0.0115" in line and "3 seeds" in line and "+1 of 100 test rows" in line
     assert "per seed +0.0100, -0.0100, +0.0300" in line
+
+
+def test_accuracy_parity_reuses_results_only_for_the_same_inputs(tmp_path):
+    rows = bc.load_agnews(AGNEWS_SMALL, 8, 0)
+    path = tmp_path / "train.csv"
+    accuracy_parity.write_inputs(rows, path, reuse=True)        # nothing there yet: written
+    first = path.read_bytes()
+    accuracy_parity.write_inputs(rows, path, reuse=True)        # the same rows again: accepted
+    assert path.read_bytes() == first
+    with pytest.raises(SystemExit, match="other rows or another setup"):
+        accuracy_parity.write_inputs(bc.load_agnews(AGNEWS_SMALL, 8, 1), path, reuse=True)
+    assert path.read_bytes() == first and not list(tmp_path.glob("*.new"))  # the earlier inputs are kept
+    accuracy_parity.write_inputs(bc.load_agnews(AGNEWS_SMALL, 8, 1), path, reuse=False)  # a fresh run overwrites
+    assert path.read_bytes() != first

@@ -150,8 +150,10 @@ class PadCollator:
 
 
 def make_loader(tokens: Tokenized, labels, batch_size: int, pad_id: int, seed: int = 0, shuffle: bool = False,
-                max_tokens: Optional[int] = None, pin_memory: bool = False, cache=None) -> torch.utils.data.DataLoader:
+                max_tokens: Optional[int] = None, pin_memory: bool = False, cache=None,
+                pool_batches: int = 64) -> torch.utils.data.DataLoader:
     """Length-grouped batches of ``tokens`` (shuffled per epoch if ``shuffle``, else longest first)."""
-    sampler = LengthGroupedBatches(tokens.lengths, batch_size, seed, shuffle=shuffle, max_tokens=max_tokens)
+    sampler = LengthGroupedBatches(tokens.lengths, batch_size, seed, shuffle=shuffle, pool_batches=pool_batches,
+                                   max_tokens=max_tokens)
     return torch.utils.data.DataLoader(TokenDataset(tokens, labels), batch_sampler=sampler,
                                        collate_fn=PadCollator(pad_id, cache), pin_memory=pin_memory)

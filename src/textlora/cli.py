@@ -68,7 +68,7 @@ def cmd_evaluate(args) -> None:
 
     run_dir = Path(args.run)
     evaluate(run_dir, _data_source(args, run_dir), Path(args.output) if args.output else None,
-             args.batch_size, args.device)
+             args.batch_size, args.device, args.precision)
 
 
 def cmd_predict(args) -> None:
@@ -76,13 +76,13 @@ def cmd_predict(args) -> None:
 
     run_dir = Path(args.run)
     predict(run_dir, _data_source(args, run_dir), Path(args.output), args.names, args.probs,
-            args.batch_size, args.device)
+            args.batch_size, args.device, precision=args.precision)
 
 
 def cmd_classify(args) -> None:
     from .predict import classify
 
-    classify(Path(args.run), args.texts, args.json, args.device)
+    classify(Path(args.run), args.texts, args.json, args.device, args.precision)
 
 
 def cmd_export(args) -> None:
@@ -141,6 +141,12 @@ def _add_data_flags(parser: argparse.ArgumentParser, labels: bool) -> None:
         parser.add_argument("--label-column", default=None, help="label column (default: the run's)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _add_precision_flag(parser)
+
+
+def _add_precision_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", default="run", choices=["run", "fp32", "bf16"],
+                        help="run: as the run validated in training (its train.mixed_precision on this device)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+", help="texts to classify")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _add_precision_flag(p)
 
     p = sub.add_parser("export", help="write a merged, plain Hugging Face model folder (LoRA folded in)")
     p.add_argument("run", help="run folder")

@@ -214,6 +214,9 @@ class TrainConfig:
     """CPU threads for torch; null keeps torch's default."""
     max_tokens_per_batch: Optional[int] = None
     """Also end a batch before rows x its longest text exceeds this (caps memory on long texts); null: rows only."""
+    length_pool_batches: int = 64
+    """Training batches are cut from pools of this many batches of shuffled rows, each pool sorted by length (little
+    padding); the batches are then shuffled. 1: batches of random rows, each padded to its own longest."""
     prefix_cache: str = "auto"
     """Frozen-prefix cache when LoRA starts above layer 0 (e.g. ``model.layers: 8-11``): the embeddings and layers
     below are run once per text in eval mode, their output is kept in half precision and only the top layers run
@@ -247,6 +250,7 @@ class TrainConfig:
             _one_of(tracker, "train.trackers", ("tensorboard", "mlflow"))
         _require(self.max_tokens_per_batch is None or self.max_tokens_per_batch > 0, "train.max_tokens_per_batch",
                  "must be > 0 or null")
+        _require(self.length_pool_batches >= 1, "train.length_pool_batches", "must be >= 1 (1: no length grouping)")
         # YAML 1.1 reads a bare on/off as a boolean, which reaches here as "True"/"False".
         object.__setattr__(self, "prefix_cache", {"true": "on", "false": "off"}.get(str(self.prefix_cache).lower(),
                                                                                    self.prefix_cache))

@@ -11,6 +11,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, r
 
 from .checkpoint import atomic_write_text
 from .config import DataSource
+from .precision import precision_name
 
 
 def classification_metrics(labels: Sequence[int], probs: np.ndarray, names: Sequence[str]) -> dict:
@@ -76,7 +77,7 @@ def write_metrics(path: Path, metrics: dict) -> None:
 
 
 def evaluate(run_dir: Path, source: DataSource, output: Optional[Path] = None, batch_size: int = 64,
-             device: str = "auto") -> dict:
+             device: str = "auto", precision: str = "run") -> dict:
     """Evaluate a run's best model on labelled data; writes JSON and returns the metrics.
 
     Args:
@@ -86,11 +87,12 @@ def evaluate(run_dir: Path, source: DataSource, output: Optional[Path] = None, b
     from .data import load_inference_data
     from .inference import load_run
 
-    run = load_run(run_dir, device=device)
+    run = load_run(run_dir, device=device, precision=precision)
     split, stats = load_inference_data(source, run.label_map, run.config.data.clean_backslashes, need_labels=True)
     probs, truncated = run.probabilities(split.texts, batch_size)
     metrics = classification_metrics(split.labels, probs, run.label_map.names)
-    metrics.update({"data": source.path, "empty_texts": stats["empty_texts"], "truncated_texts": truncated})
+    metrics.update({"data": source.path, "empty_texts": stats["empty_texts"], "truncated_texts": truncated,
+                    "precision": precision_name(run.precision)})
     if output is None:
         output = Path(run_dir) / "evaluations" / f"{Path(source.path).stem or 'data'}.json"
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from .batching import Tokenized, make_loader, tokenize
 from .config import RunConfig, config_from_yaml_file
 from .errors import RunFolderError
 from .labels import LabelMap
+from .precision import autocast_factory, inference_precision
 from .prefix_cache import PrefixCache, classifier_logits
 
 
@@ -69,21 +70,25 @@ class LoadedRun:
     tokenizer: object
     model: torch.nn.Module
     device: torch.device
+    precision: str = "no"
+    """``bf16``, ``fp16`` or ``no`` (fp32): the autocast inference runs under."""
 
     def probabilities(self, texts: Sequence[str], batch_size: int = 64, progress=None) -> tuple[np.ndarray, int]:
         """Probabilities ``[N, K]`` and the count of texts truncated at ``max_length``."""
         tokens = tokenize(self.tokenizer, texts, self.config.model.max_length)
         probs = predict_proba(self.model, tokens, self.tokenizer.pad_token_id, batch_size, self.device,
-                              progress=progress)
+                              autocast=autocast_factory(self.device, self.precision), progress=progress)
         if probs is None:
             probs = np.zeros((0, self.label_map.num_labels), dtype=np.float32)
         return probs, tokens.truncated
 
 
-def load_run(run_dir: Path, device: str = "auto", merge: bool = True) -> LoadedRun:
+def load_run(run_dir: Path, device: str = "auto", merge: bool = True, precision: str = "run") -> LoadedRun:
     """Load a finished run folder: config, labels, tokenizer and the best adapter on its base model.
 
     With ``merge`` the LoRA weights are folded into the base weights (faster inference, same outputs).
+    ``precision``: ``run`` (the run's ``train.mixed_precision`` resolved on this device, as validation
+    ran during training: bf16 on GPUs and AMX CPUs for ``auto``), ``fp32`` or ``bf16``.
     """
     from .model import load_trained_model  # heavy import kept off the CLI's start-up path
 
@@ -104,4 +109,6 @@ def load_run(run_dir: Path, device: str = "auto", merge: bool = True) -> LoadedR
         model = model.merge_and_unload()
     target = pick_device(device)
     model.to(target).eval()
-    return LoadedRun(run_dir, config, label_map, tokenizer, model, target)
+    requested = {"run": config.train.mixed_precision, "fp32": "no"}.get(precision, precision)
+    return LoadedRun(run_dir, config, label_map, tokenizer, model, target,
+                     inference_precision(requested, target.type))

@@ -13,10 +13,11 @@ import numpy as np
 from .checkpoint import removed_on_failure
 from .config import DataSource
 from .errors import DataError
+from .precision import precision_name
 
 
 def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = False, with_probs: bool = False,
-            batch_size: int = 64, device: str = "auto", chunk_rows: int = 8192) -> dict:
+            batch_size: int = 64, device: str = "auto", chunk_rows: int = 8192, precision: str = "run") -> dict:
     """Write ``output`` as CSV ``ID,Label`` (ID = row index, Label = class id 0..K-1).
 
     Rows are read, classified and written ``chunk_rows`` at a time, so memory stays flat on
@@ -26,7 +27,7 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
         with_names: add a ``LabelName`` column.
         with_probs: add one ``prob_<name>`` column per class.
     Returns:
-        Counts: rows written, empty texts, truncated texts, rows per predicted class.
+        Counts: rows written, empty texts, truncated texts, rows per predicted class; the precision used.
     """
     from tqdm.auto import tqdm
 
@@ -38,7 +39,7 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
         raise DataError(f"--output {output} is a folder; give a file name such as submission.csv")
     if not output.parent.exists():
         raise DataError(f"--output folder {output.parent} does not exist; create it first")
-    run = load_run(run_dir, device=device)
+    run = load_run(run_dir, device=device, precision=precision)
     names = run.label_map.names
     header = ["ID", "Label"] + (["LabelName"] if with_names else []) + ([f"prob_{n}" for n in names] if with_probs else [])
     per_class = np.zeros(len(names), dtype=np.int64)
@@ -68,10 +69,11 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
     print(f"wrote {rows} predictions to {output}; per class: {counts}; "
           f"{truncated} text(s) truncated at model.max_length={run.config.model.max_length} tokens")
     return {"rows": rows, "empty_texts": empty, "truncated_texts": truncated, "predicted_per_class": counts,
-            "output": str(output)}
+            "output": str(output), "precision": precision_name(run.precision)}
 
 
-def classify(run_dir: Path, texts: Sequence[str], as_json: bool = False, device: str = "auto") -> list[dict]:
+def classify(run_dir: Path, texts: Sequence[str], as_json: bool = False, device: str = "auto",
+             precision: str = "run") -> list[dict]:
     """Label and class probabilities for each text, printed and returned."""
     from .data import extract_texts
     from .inference import load_run
@@ -80,7 +82,7 @@ def classify(run_dir: Path, texts: Sequence[str], as_json: bool = False, device:
         raise DataError('give at least one text: textlora classify RUN "some text"')
     import pandas as pd
 
-    run = load_run(run_dir, device=device)
+    run = load_run(run_dir, device=device, precision=precision)
     cleaned = extract_texts(pd.DataFrame({"text": list(texts)}), ["text"], "classify", run.config.data.clean_backslashes)
     probs, _ = run.probabilities(cleaned)
     names = run.label_map.names

@@ -31,6 +31,7 @@ from .inference import predict_proba
 from .loop import LoopState, TrainLoop, resume_state
 from .model import build_model, load_tokenizer
 from .optim import build_optimizer, build_scheduler
+from .precision import precision_name, resolve_precision
 from .prefix_cache import build_prefix_caches
 from .runfolder import MetricsLog, new_run_dir, with_absolute_paths, write_config, write_json
 from .rundata import PREDICTIONS_DIR, full_model_params, save_predictions
@@ -46,34 +47,14 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         raise ConfigError("train.device=mps but MPS is not available; use train.device=auto or cpu")
     use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()
                                       and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()))
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        # bf16 keeps fp32's range (no loss scaling); fp16 only where bf16 is missing (V100, T4).
-        if torch.cuda.is_available() and not use_cpu:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            # Measured (BENCHMARKS.md): without AMX tiles bf16 autocast is slower than fp32 on CPU.
-            precision = "bf16" if use_cpu and _cpu_has_amx() else "no"
-    if precision == "fp16" and use_cpu:
-        raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on CPU")
+    device_type = "cpu" if use_cpu else ("cuda" if torch.cuda.is_available() else "mps")
+    precision = resolve_precision(cfg.mixed_precision, device_type)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     # accelerate keeps one precision per process and refuses another: a notebook that ran Trainer, or
     # an earlier run in a sweep, has set one. Only that state is dropped; the process group is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=precision, cpu=use_cpu, dynamo_backend="inductor" if cfg.compile else None)
-
-
-def precision_name(accelerator: Accelerator) -> str:
-    return {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
-
-
-def _cpu_has_amx() -> bool:
-    """True on CPUs with AMX bf16 tiles (Sapphire Rapids and later), where bf16 matmuls beat fp32."""
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
 
 
 def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = None) -> Path:
@@ -98,7 +79,7 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
     check_trackers(config.train.trackers)
     print(breakdown.table())
     print(f"[model] {first_token_note(built.model, config.model)}")
-    print(f"[train] {accelerator.device}, {precision_name(accelerator)} "
+    print(f"[train] {accelerator.device}, {precision_name(accelerator.mixed_precision)} "
           f"(train.mixed_precision={config.train.mixed_precision})")
     tokenizer = load_tokenizer(config.model.name_or_path)
     run_dir = resume if resume is not None else (new_run_dir(config, config_name) if main else None)
@@ -128,7 +109,8 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
                                  log=accelerator.is_main_process)
     loader = make_loader(train_tokens, data.train.labels, config.train.batch_size, tokenizer.pad_token_id,
                          seed=config.train.seed, shuffle=True, max_tokens=config.train.max_tokens_per_batch,
-                         pin_memory=torch.cuda.is_available(), cache=caches[0])
+                         pin_memory=torch.cuda.is_available(), cache=caches[0],
+                         pool_batches=config.train.length_pool_batches)
     loader = prepare_train_loader(accelerator, loader)  # its share of each global batch per process
     accum = config.train.grad_accum
     steps_per_epoch = max(1, math.ceil(len(loader) / accum))
@@ -175,7 +157,7 @@ def _finish(loop: TrainLoop, data: TrainingData, tokenizer, trainable: int, star
     metrics = loop.validate()
     summary = {"run_dir": str(run_dir), "best_metric": loop.cfg.metric_for_best, "best_value": state.best_metric,
                "best_step": state.best_step, "steps": state.step, "validation_accuracy": metrics["accuracy"],
-               "device": str(accelerator.device), "precision": precision_name(accelerator),
+               "device": str(accelerator.device), "precision": precision_name(accelerator.mixed_precision),
                "trainable_params": trainable, "train_seconds": round(state.train_seconds, 2),
                "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
                "train_tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1)}

@@ -16,6 +16,7 @@ import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..errors import RunFolderError
+from ..precision import precision_name
 
 
 @dataclass
@@ -73,7 +74,7 @@ def _from_run(path: Path, device: str, batch_size: int) -> Classifier:
 
     run = load_run(path, device=device, merge=True)
     info = {"source": "run", **run_info(path, run.config, run.label_map), "device": str(run.device),
-            "runtime": "pytorch"}
+            "precision": precision_name(run.precision), "runtime": "pytorch"}
     clean = run.config.data.clean_backslashes
 
     def predict(texts: list[str]) -> np.ndarray:
