@@ -13,7 +13,12 @@ full AG News test split:
   the notebooks' chunk-padded loop, faster);
 - ``textlora``: ``textlora.train.train`` with the test split as ``data.test`` (its own evaluation);
 - ``textlora-fp32``: the same in fp32 (``textlora`` uses bf16 autocast on CPUs with AMX), for the accuracy
-  effect of bf16.
+  effect of bf16;
+- ``textlora-random-batches``: the same with ``train.length_pool_batches=1`` (batches of random rows, as the
+  notebooks draw them, instead of length-grouped ones), for the accuracy effect of length grouping.
+
+``--reuse-results`` keeps the results already in ``--workdir`` (same rows and setup, checked) and runs
+only the missing arm/seed pairs: an arm can be added without training the slow notebook arm again.
 
 Both score their final model (textlora validates only after its last step, so nothing is picked
 on validation). The target: textlora's test accuracy >= the notebook stack's.
@@ -37,7 +42,7 @@ import numpy as np
 from benchmarks import common as bc
 from benchmarks import stacks
 
-ARMS = ("notebook", "textlora", "textlora-fp32")
+ARMS = ("notebook", "textlora", "textlora-fp32", "textlora-random-batches")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arms", default="notebook,textlora", help=f"comma-separated, from {', '.join(ARMS)}")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per arm (default: torch's own)")
     p.add_argument("--workdir", default=None)
+    p.add_argument("--reuse-results", action="store_true",
+                   help="keep the arm/seed results already in --workdir (same rows and setup) and run the rest")
     p.add_argument("--out", default=str(bc.REPO / "BENCHMARKS.md"), help="markdown file to update, or 'none'")
     p.add_argument("--child", default=None, choices=ARMS, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
@@ -100,6 +107,20 @@ def run_arm(arm: str, setup: stacks.TrainSetup, workdir: Path) -> dict:
             **bc.peak_memory_mb()}
 
 
+def write_inputs(content, path: Path, reuse: bool) -> None:
+    """Write rows (``bc.Rows``) or text to ``path``; with ``reuse`` an existing file must hold exactly that."""
+    fresh = path.with_name(path.name + ".new")
+    if isinstance(content, str):
+        fresh.write_text(content)
+    else:
+        bc.write_rows(content, fresh)
+    if reuse and path.is_file() and path.read_bytes() != fresh.read_bytes():
+        fresh.unlink()
+        raise SystemExit(f"--reuse-results: {path} holds other rows or another setup than these arguments give; "
+                         "use the arguments of the earlier run or a new --workdir")
+    fresh.replace(path)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="textlora-parity-"))
@@ -112,25 +133,31 @@ def main(argv=None) -> int:
     device = bc.pick_device(args.device)
     data = Path(args.data) if args.data else bc.default_train_data()
     test = Path(args.test) if args.test else bc.default_test_data()
-    bc.write_rows(bc.load_agnews(data, args.rows, args.data_seed), workdir / "train.csv")
-    bc.write_rows(bc.load_agnews(data, args.val_rows, args.data_seed, skip=args.rows), workdir / "val.csv")
+    write_inputs(bc.load_agnews(data, args.rows, args.data_seed), workdir / "train.csv", args.reuse_results)
+    write_inputs(bc.load_agnews(data, args.val_rows, args.data_seed, skip=args.rows), workdir / "val.csv",
+                 args.reuse_results)
     test_rows = bc.load_agnews(test, args.test_rows, args.data_seed)
-    bc.write_rows(test_rows, workdir / "test.csv")
+    write_inputs(test_rows, workdir / "test.csv", args.reuse_results)
     model_dir = bc.materialize_model(args.model or bc.default_model("cpu"), workdir)
     # The notebooks truncate at the tokenizer's limit (512 for MiniLM and RoBERTa): textlora gets the same
     # length, or its default of 128 would cut the 0.7% of AG News test texts that are longer.
     max_length = args.max_length or bc.model_token_limit(model_dir)
     setup = stacks.TrainSetup(model_dir=model_dir, device=device, batch_size=args.batch_size, epochs=args.epochs,
                               lr=args.lr, max_length=max_length, log_every=10)
-    (workdir / "setup.json").write_text(json.dumps(asdict(setup)))
+    write_inputs(json.dumps(asdict(setup)), workdir / "setup.json", args.reuse_results)
     args.threads_note = bc.limit_threads(args.threads)
     arms = [a for a in args.arms.split(",") if a]
     results = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for arm in arms:
+            result_file = workdir / f"result-{arm}-{seed}.json"
+            if args.reuse_results and result_file.is_file():
+                print(f"[bench] arm {arm}, seed {seed}: kept from {result_file}", flush=True)
+                results.append(json.loads(result_file.read_text()))
+                continue
             print(f"\n[bench] ---- arm {arm}, seed {seed} ----", flush=True)
             argv_child = ["--child", arm, "--seed", str(seed), "--workdir", str(workdir)]
-            results.append(bc.run_child(Path(__file__).resolve(), argv_child, workdir / f"result-{arm}-{seed}.json"))
+            results.append(bc.run_child(Path(__file__).resolve(), argv_child, result_file))
     text = report(args, setup, results, len(test_rows.texts), data, test)
     print("\n" + text)
     if args.out != "none":

@@ -312,6 +312,10 @@ def machine() -> str:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    from textlora.precision import cpu_has_amx
+
+    # AMX decides whether bf16 pays on a CPU (and so what auto precision picks): name it.
+    cpu += " with AMX" if cpu_has_amx() else " without AMX"
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     import peft
 

@@ -11,7 +11,9 @@ folder and a CSV to a predictions CSV (imports excluded, model loading included)
   ``padding=True`` inside ``datasets.map(batched=True)`` (each 1,000-row chunk padded to its longest
   text), ``DataLoader`` of 8 with ``DataCollatorWithPadding``, forward under ``torch.no_grad``, argmax;
 - ``notebook-dynamic``: the same loop made more generous: each batch of 8 tokenized and padded on its own;
-- ``textlora``: ``textlora.predict.predict`` (what ``textlora predict`` runs).
+- ``textlora``: ``textlora.predict.predict`` (what ``textlora predict`` runs), in the run's precision
+  (bf16 on a CPU with AMX for a run trained with ``auto``);
+- ``textlora-fp32``: the same with ``precision="fp32"``, to isolate what bf16 gives.
 
 Memory scaling: ``textlora predict`` (the CLI, a fresh process per size) on synthetic CSVs whose
 rows are drawn with replacement from the real AG News texts; peak RSS per size. To keep a million
@@ -39,7 +41,7 @@ from benchmarks import common as bc
 from benchmarks import stacks
 
 DEFAULT_RUN = Path("/tmp/runs/qs-timed")
-ARMS = ("notebook", "notebook-dynamic", "textlora")
+ARMS = ("notebook", "notebook-dynamic", "textlora", "textlora-fp32")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,16 +96,16 @@ def notebook_arm(run_dir: Path, rows_csv: Path, output: Path, batch_size: int, d
     return {"seconds": round(time.perf_counter() - started, 3), "loop_s": round(loop_s, 3)}
 
 
-def textlora_arm(run_dir: Path, rows_csv: Path, output: Path, batch_size, device: str) -> dict:
+def textlora_arm(run_dir: Path, rows_csv: Path, output: Path, batch_size, device: str, precision: str = "run") -> dict:
     """``textlora.predict.predict`` on the CSV (its public entry point, what the CLI calls)."""
     from textlora.config import DataSource
     from textlora.predict import predict
 
     started = time.perf_counter()
     source = DataSource(path=str(rows_csv), column_names=None, text_columns=["text"], label_column="label")
-    kwargs = {"device": device} | ({"batch_size": batch_size} if batch_size else {})
-    predict(run_dir, source, output, **kwargs)
-    return {"seconds": round(time.perf_counter() - started, 3)}
+    kwargs = {"device": device, "precision": precision} | ({"batch_size": batch_size} if batch_size else {})
+    counts = predict(run_dir, source, output, **kwargs)
+    return {"seconds": round(time.perf_counter() - started, 3), "precision": counts["precision"]}
 
 
 def read_predictions(path: Path) -> np.ndarray:
@@ -138,7 +140,8 @@ def speed(args, workdir: Path) -> str:
     from textlora.config import config_from_yaml_file
 
     base = config_from_yaml_file(run_dir / "config.yaml").model.name_or_path
-    agree = float(np.mean(results["notebook"]["preds"] == results["textlora"]["preds"]))
+    agree = {arm: float(np.mean(results["notebook"]["preds"] == results[arm]["preds"]))
+             for arm in ("textlora", "textlora-fp32")}
     n = len(rows.labels)
     table = [[arm, f"{r['seconds']:.1f}", round(n / r["seconds"], 1), r["process_peak_rss_mb"], round(r["accuracy"], 4)]
              for arm, r in results.items()]
@@ -154,7 +157,10 @@ def speed(args, workdir: Path) -> str:
             f"textlora / the generous per-batch-padded loop: {generous:.2f}x; "
             f"the notebook's loop alone (model already loaded, nothing written) ran at {loop_rate:,.1f} samples/s; "
             f"textlora end to end is {n / results['textlora']['seconds'] / loop_rate:.2f}x that.",
-            f"- the two arms agree on {agree:.2%} of the predicted labels (merged vs unmerged LoRA, different padding)."]
+            f"- textlora / textlora-fp32: {results['textlora-fp32']['seconds'] / results['textlora']['seconds']:.2f}x "
+            f"(textlora ran in {results['textlora']['precision']}).",
+            f"- labels the same as the notebook loop's (fp32, unmerged LoRA, other padding): textlora "
+            f"{agree['textlora']:.2%}, textlora-fp32 {agree['textlora-fp32']:.2%} of rows."]
     return "\n".join(text)
 
 
@@ -241,8 +247,9 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     if args.child:
         inputs = (Path(args.run), workdir / "rows.csv", workdir / f"pred-{args.child}.csv")
-        if args.child == "textlora":
-            result = textlora_arm(*inputs, args.batch_size, args.device)
+        if args.child.startswith("textlora"):
+            precision = "fp32" if args.child == "textlora-fp32" else "run"
+            result = textlora_arm(*inputs, args.batch_size, args.device, precision)
         else:
             result = notebook_arm(*inputs, args.notebook_batch, args.device, args.child == "notebook")
         bc.save_json(Path(args.result), result)

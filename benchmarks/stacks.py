@@ -96,11 +96,9 @@ def tokenized_dataset(tokenizer, rows: Rows, notebook: bool, max_length: int, mo
 
 def cpu_bf16_beneficial() -> tuple[bool, str]:
     """bf16 autocast pays on CPUs with AMX; with AVX-512 only it is slower than fp32 (textlora's measurement)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False, "fp32: CPU flags unreadable"
-    if "amx_bf16" in flags:
+    from textlora.precision import cpu_has_amx
+
+    if cpu_has_amx():
         return True, "bf16: the CPU has AMX bf16 tiles"
     return False, "fp32: this CPU has no AMX, where bf16 autocast is slower than fp32"
 
@@ -146,9 +144,11 @@ def trainer_losses(trainer) -> list[float]:
 
 
 # textlora arms with one setting forced: fp32 (to isolate what train.mixed_precision=auto gives: bf16 on GPUs
-# and on CPUs with AMX), the frozen-prefix cache on / off. Plain "textlora" keeps every default.
+# and on CPUs with AMX), the frozen-prefix cache on / off, batches of random rows instead of length-grouped ones.
+# Plain "textlora" keeps every default.
 TEXTLORA_ARM_OVERRIDES = {"textlora-fp32": ("train.mixed_precision=no",), "textlora-cache": ("train.prefix_cache=on",),
-                          "textlora-nocache": ("train.prefix_cache=off",)}
+                          "textlora-nocache": ("train.prefix_cache=off",),
+                          "textlora-random-batches": ("train.length_pool_batches=1",)}
 
 
 def textlora_overrides(setup: TrainSetup, train_csv: Path, val_csv: Path, output_dir: Path, run_name: str,
