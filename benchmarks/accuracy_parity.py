@@ -153,7 +153,10 @@ def main(argv=None) -> int:
             result_file = workdir / f"result-{arm}-{seed}.json"
             if args.reuse_results and result_file.is_file():
                 print(f"[bench] arm {arm}, seed {seed}: kept from {result_file}", flush=True)
-                results.append(json.loads(result_file.read_text()))
+                kept = json.loads(result_file.read_text())
+                # A result saved before run_child kept the launcher's measurement has only the child's own.
+                kept.setdefault("process_peak_rss_mb", kept["peak_rss_mb"])
+                results.append(kept)
                 continue
             print(f"\n[bench] ---- arm {arm}, seed {seed} ----", flush=True)
             argv_child = ["--child", arm, "--seed", str(seed), "--workdir", str(workdir)]

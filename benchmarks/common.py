@@ -289,6 +289,7 @@ def run_child(script: Path, argv: Sequence[str], result: Path) -> dict:
         raise SystemExit(f"arm {' '.join(argv)} failed with exit code {measured['returncode']} (see its output above)")
     data = json.loads(result.read_text())
     data["process_wall_s"], data["process_peak_rss_mb"] = measured["wall_s"], measured["peak_rss_mb"]
+    save_json(result, data)  # the file holds all a report needs (accuracy_parity --reuse-results reads it)
     return data
 
 

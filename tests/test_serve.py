@@ -173,6 +173,8 @@ def test_serving_an_exported_folder_gives_the_same_probabilities(server, tiny_ru
         from_export = _post(url, {"texts": TEXTS}).json()["results"]
         info = httpx.get(f"{url}/v1/model").json()
     assert info["source"] == "export" and info["labels"] == NAMES and info["trainable_params"] == 1156
+    # The export carries the run's precision setting: both compute alike (bf16 on a CPU with AMX, else fp32).
+    assert info["precision"] == httpx.get(f"{server}/v1/model").json()["precision"]
     for a, b in zip(from_run, from_export):
         assert a["label"] == b["label"]
         for name in NAMES:
@@ -188,9 +190,10 @@ def test_onnx_runtime_serves_the_same_probabilities_as_pytorch(tiny_run, tmp_pat
     assert main(["export", str(tiny_run), "--out", str(out), "--onnx"]) == 0
     texts = TEXTS * 5 + ["a much longer text " * 20]  # several length-sorted batches of 4
     onnx = load_classifier(out, "cpu", batch_size=4, onnx=True)
-    torch_probs = load_classifier(out, "cpu", batch_size=4).predict(texts)
+    torch_probs = load_classifier(out, "cpu", batch_size=4, precision="fp32").predict(texts)  # the graph's precision
     onnx_probs = onnx.predict(texts)
-    assert onnx.info["runtime"] == "onnxruntime" and onnx_probs.shape == (len(texts), 4)
+    assert onnx.info["runtime"] == "onnxruntime" and onnx.info["precision"] == "fp32"
+    assert onnx_probs.shape == (len(texts), 4)
     assert abs(onnx_probs - torch_probs).max() < 1e-5
     with pytest.raises(RunFolderError, match="is a run folder"):
         load_classifier(tiny_run, onnx=True)

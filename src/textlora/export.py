@@ -49,6 +49,8 @@ def run_info(run_dir: Path, config, label_map) -> dict:
                  "target_modules": list(config.model.target_modules), "layers": config.model.layers},
         "metrics": metrics,
         "run_dir": str(Path(run_dir).resolve()),
+        # The run's setting (e.g. auto), resolved where the model runs: serving an export computes like the run.
+        "mixed_precision": config.train.mixed_precision,
     }
 
 

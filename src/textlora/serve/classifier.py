@@ -16,7 +16,7 @@ import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..errors import RunFolderError
-from ..precision import precision_name
+from ..precision import autocast_factory, inference_precision, precision_name
 
 
 @dataclass
@@ -43,7 +43,8 @@ def _clean(texts: list[str], clean_backslashes: bool) -> list[str]:
     return extract_texts(pd.DataFrame({"text": texts}), ["text"], "request", clean_backslashes)
 
 
-def load_classifier(path: Path, device: str = "auto", batch_size: int = 32, onnx: bool = False) -> Classifier:
+def load_classifier(path: Path, device: str = "auto", batch_size: int = 32, onnx: bool = False,
+                    precision: str = "run") -> Classifier:
     """Load a run folder (``config.yaml`` + ``adapter/``) or an exported folder (``config.json``).
 
     Args:
@@ -59,20 +60,20 @@ def load_classifier(path: Path, device: str = "auto", batch_size: int = 32, onnx
         if onnx:
             raise RunFolderError(f"--onnx serves an exported folder's model.onnx; {path} is a run folder. Export it "
                                  f"first: textlora export {path} --out DIR --onnx")
-        return _from_run(path, device, batch_size)
+        return _from_run(path, device, batch_size, precision)
     if (path / "config.json").is_file():
         if onnx and not (path / "model.onnx").is_file():
             raise RunFolderError(f"{path} has no model.onnx; export with --onnx, or serve without --onnx")
-        return _from_export(path, device, batch_size, onnx)
+        return _from_export(path, device, batch_size, onnx, precision)
     raise RunFolderError(f"{path} is neither a textlora run folder (config.yaml + adapter/) nor a Hugging Face "
                          "model folder (config.json); pass the folder `textlora train` or `textlora export` wrote")
 
 
-def _from_run(path: Path, device: str, batch_size: int) -> Classifier:
+def _from_run(path: Path, device: str, batch_size: int, precision: str = "run") -> Classifier:
     from ..export import run_info
     from ..inference import load_run
 
-    run = load_run(path, device=device, merge=True)
+    run = load_run(path, device=device, merge=True, precision=precision)
     info = {"source": "run", **run_info(path, run.config, run.label_map), "device": str(run.device),
             "precision": precision_name(run.precision), "runtime": "pytorch"}
     clean = run.config.data.clean_backslashes
@@ -99,7 +100,7 @@ class OnnxClassifier(torch.nn.Module):
         return SequenceClassifierOutput(logits=torch.from_numpy(logits))
 
 
-def _from_export(path: Path, device: str, batch_size: int, onnx: bool = False) -> Classifier:
+def _from_export(path: Path, device: str, batch_size: int, onnx: bool = False, precision: str = "run") -> Classifier:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from ..batching import tokenize
@@ -125,15 +126,21 @@ def _from_export(path: Path, device: str, batch_size: int, onnx: bool = False) -
             "trainable_params": exported.get("trainable_params"), "lora": exported.get("lora"),
             "metrics": exported.get("metrics", {}), "run_dir": exported.get("run_dir"),
             "model_dir": str(path.resolve()), "device": str(target), "runtime": "pytorch"}
+    # "run": the run's train.mixed_precision as the export recorded it (fp32 for an export without it).
+    requested = {"run": exported.get("mixed_precision", "no"), "fp32": "no"}.get(precision, precision)
+    compute = inference_precision(requested, target.type)
+    info["precision"] = precision_name(compute)
     if onnx:
         try:
             model, target = OnnxClassifier(path / "model.onnx"), torch.device("cpu")
         except ImportError:
             raise RunFolderError("--onnx needs onnxruntime: pip install 'textlora[onnx]'") from None
-        info.update(device="cpu", runtime="onnxruntime")
+        info.update(device="cpu", runtime="onnxruntime", precision="fp32")  # the graph is fp32
+        compute = "no"
 
     def predict(texts: list[str]) -> np.ndarray:
         tokens = tokenize(tokenizer, _clean(texts, clean), max_length)
-        return predict_proba(model, tokens, tokenizer.pad_token_id, batch_size, target)
+        return predict_proba(model, tokens, tokenizer.pad_token_id, batch_size, target,
+                             autocast=autocast_factory(target, compute))
 
     return Classifier(labels, info, predict)
