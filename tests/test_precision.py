@@ -24,7 +24,9 @@ def test_auto_on_cpu_is_bf16_only_with_amx(monkeypatch):
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
         prec.resolve_precision("fp16", "cpu")
     # A run trained in fp16 on a GPU is still usable on a CPU: inference falls back to fp32 there.
-    assert prec.inference_precision("fp16", "cpu") == "no"
+    assert prec.inference_precision("run", "fp16", "cpu") == "no"
+    assert prec.inference_precision("fp32", "auto", "cuda") == "no"
+    assert prec.inference_precision("bf16", "no", "cpu") == "bf16"
 
 
 def test_autocast_factory_runs_matmuls_in_the_precision_asked():

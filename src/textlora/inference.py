@@ -109,6 +109,5 @@ def load_run(run_dir: Path, device: str = "auto", merge: bool = True, precision:
         model = model.merge_and_unload()
     target = pick_device(device)
     model.to(target).eval()
-    requested = {"run": config.train.mixed_precision, "fp32": "no"}.get(precision, precision)
     return LoadedRun(run_dir, config, label_map, tokenizer, model, target,
-                     inference_precision(requested, target.type))
+                     inference_precision(precision, config.train.mixed_precision, target.type))

@@ -31,6 +31,7 @@ def cpu_has_amx() -> bool:
 def resolve_precision(requested: str, device_type: str) -> str:
     """``auto`` / ``bf16`` / ``fp16`` / ``no`` -> what runs on ``device_type``: ``bf16``, ``fp16`` or ``no`` (fp32)."""
     if requested == "auto":
+        # bf16 keeps fp32's range (no loss scaling); fp16 only where bf16 is missing (V100, T4).
         if device_type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if device_type == "cpu" and cpu_has_amx() else "no"
@@ -39,11 +40,16 @@ def resolve_precision(requested: str, device_type: str) -> str:
     return requested
 
 
-def inference_precision(run_precision: str, device_type: str) -> str:
-    """The run's training precision for inference on ``device_type``; fp32 where it cannot run (fp16 on CPU)."""
-    if run_precision == "fp16" and device_type != "cuda":
+def inference_precision(asked: str, run_setting: str, device_type: str) -> str:
+    """What inference computes in on ``device_type``: ``bf16``, ``fp16`` or ``no`` (fp32).
+
+    ``asked`` is the ``--precision`` flag: ``run`` (the run's ``train.mixed_precision``, ``run_setting``),
+    ``fp32`` or ``bf16``. A run trained in fp16 on a GPU runs in fp32 where fp16 cannot (a CPU).
+    """
+    requested = {"run": run_setting, "fp32": "no"}.get(asked, asked)
+    if requested == "fp16" and device_type != "cuda":
         return "no"
-    return resolve_precision(run_precision, device_type)
+    return resolve_precision(requested, device_type)
 
 
 def precision_name(precision: str) -> str:

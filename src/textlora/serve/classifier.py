@@ -127,16 +127,15 @@ def _from_export(path: Path, device: str, batch_size: int, onnx: bool = False, p
             "metrics": exported.get("metrics", {}), "run_dir": exported.get("run_dir"),
             "model_dir": str(path.resolve()), "device": str(target), "runtime": "pytorch"}
     # "run": the run's train.mixed_precision as the export recorded it (fp32 for an export without it).
-    requested = {"run": exported.get("mixed_precision", "no"), "fp32": "no"}.get(precision, precision)
-    compute = inference_precision(requested, target.type)
-    info["precision"] = precision_name(compute)
+    compute = inference_precision(precision, exported.get("mixed_precision", "no"), target.type)
     if onnx:
         try:
             model, target = OnnxClassifier(path / "model.onnx"), torch.device("cpu")
         except ImportError:
             raise RunFolderError("--onnx needs onnxruntime: pip install 'textlora[onnx]'") from None
-        info.update(device="cpu", runtime="onnxruntime", precision="fp32")  # the graph is fp32
-        compute = "no"
+        info.update(device="cpu", runtime="onnxruntime")
+        compute = "no"  # the graph is fp32
+    info["precision"] = precision_name(compute)
 
     def predict(texts: list[str]) -> np.ndarray:
         tokens = tokenize(tokenizer, _clean(texts, clean), max_length)
