@@ -63,6 +63,7 @@ def test_unknown_key_in_yaml_is_named(tmp_path, yaml_text, key):
     ("data.validation_size=0", "data.validation_size"),
     ("data.label_base=2", "data.label_base"),
     ("train.metric_for_best=f1", "train.metric_for_best"),
+    ("train.length_pool_batches=0", "train.length_pool_batches"),
 ])
 def test_bad_override_names_its_key(override, key):
     with pytest.raises(ConfigError) as info:
