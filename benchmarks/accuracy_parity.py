@@ -42,7 +42,7 @@ import numpy as np
 from benchmarks import common as bc
 from benchmarks import stacks
 
-ARMS = ("notebook", "textlora", "textlora-fp32", "textlora-random-batches")
+ARMS = ("notebook", "textlora", "textlora-fp32", "textlora-random-batches", "textlora-torch-dropout")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

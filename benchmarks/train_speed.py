@@ -16,6 +16,8 @@ gradient clipping and seed:
 - ``textlora``: ``textlora.train.train`` through its config overrides;
 - ``textlora-fp32``: textlora in fp32, to isolate what ``train.mixed_precision: auto`` gives (bf16 on
   CPUs with AMX and on GPUs);
+- ``textlora-torch-dropout``: textlora with torch's own dropout (``train.fast_cpu_dropout=false``), to
+  isolate what its CPU dropout masks give;
 - ``textlora-cache`` / ``textlora-nocache``: textlora with the frozen-prefix cache forced on / off
   (``stacks.TEXTLORA_ARM_OVERRIDES``), for the top-layer layout (plain ``textlora`` keeps its default).
 
@@ -44,7 +46,8 @@ from benchmarks import common as bc
 from benchmarks import stacks
 
 AGNEWS_TRAIN_ROWS = 120_000  # the full AG News train split, for the GPU epoch-time projection
-ARMS = ("notebook", "best-practice", "textlora", "textlora-fp32", "textlora-cache", "textlora-nocache")
+ARMS = ("notebook", "best-practice", "textlora", "textlora-fp32", "textlora-torch-dropout", "textlora-cache",
+        "textlora-nocache")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -153,3 +153,13 @@ def test_resume_continues_exactly(tiny_config_yaml, tmp_path):
 
 def _logged_numbers(run):
     return [(l["kind"], l["step"], l["loss"], l.get("accuracy")) for l in _read_jsonl(run / "metrics.jsonl")]
+
+
+def test_fast_cpu_dropout_is_the_default_and_can_be_turned_off(tiny_config_yaml, tmp_path, capsys):
+    """train.fast_cpu_dropout (on by default) is installed and reported; false trains with torch's dropout instead."""
+    for setting in ("true", "false"):
+        assert main(["train", "--config", str(tiny_config_yaml), f"train.fast_cpu_dropout={setting}",
+                     "train.max_steps=3", f"train.run_name=dropout-{setting}"]) == 0
+    assert capsys.readouterr().out.count("dropout on CPU from 15-bit integer masks") == 1
+    fast, stock = (_logged_numbers(tmp_path / "runs" / f"dropout-{s}") for s in ("true", "false"))
+    assert [r[:2] for r in fast] == [r[:2] for r in stock] and fast != stock  # same steps, other dropout masks

@@ -19,6 +19,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from . import checkpoint as ckpt
+from . import cpu_dropout
 from .batching import make_loader
 from .budget import enforce_budget, trainable_breakdown
 from .config import RunConfig, TrainConfig, config_from_yaml_file
@@ -79,6 +80,8 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
     check_trackers(config.train.trackers)
     print(breakdown.table())
     print(f"[model] {first_token_note(built.model, config.model)}")
+    if config.train.fast_cpu_dropout and accelerator.device.type == "cpu":
+        print(f"[model] {cpu_dropout.install(built.model)}")
     print(f"[train] {accelerator.device}, {precision_name(accelerator.mixed_precision)} "
           f"(train.mixed_precision={config.train.mixed_precision})")
     tokenizer = load_tokenizer(config.model.name_or_path)

@@ -1,0 +1,133 @@
+"""CPU dropout from integer masks: the keep probability and scale of nn.Dropout, one mask forward and back,
+seeded; the model it is installed in computes the stock function (eval exactly, training with p -> 0)."""
+
+import copy
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from textlora import cpu_dropout
+from textlora.cpu_dropout import ATTENTION, CPUDropout, attention, fast_dropout
+from textlora.first_token import restrict_last_layer
+
+from .test_first_token import _batch
+
+ROWS = 1_000_000
+
+
+def _sigmas(observed: float, p_keep: float, count: int) -> float:
+    return abs(observed - p_keep) / (p_keep * (1 - p_keep) / count) ** 0.5
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_keep_probability_and_scale_are_dropouts(p):
+    torch.manual_seed(0)
+    out = fast_dropout(torch.ones(ROWS), p)
+    kept = out != 0
+    assert _sigmas(kept.float().mean().item(), 1 - p, ROWS) < 5
+    # Each 32-bit word gives two elements: both halves must be uniform (the high one has no sign bit).
+    for half in (kept[0::2], kept[1::2]):
+        assert _sigmas(half.float().mean().item(), 1 - p, ROWS // 2) < 5
+    assert torch.equal(out[kept], torch.full_like(out[kept], 1 / (1 - p)))
+
+
+def test_bf16_keeps_its_dtype_and_scale():
+    out = fast_dropout(torch.ones(1000, dtype=torch.bfloat16), 0.1)
+    assert out.dtype == torch.bfloat16
+    assert set(out.unique().tolist()) <= {0.0, torch.tensor(1 / 0.9, dtype=torch.bfloat16).item()}
+
+
+def test_backward_drops_the_same_elements():
+    x = torch.randn(4096, requires_grad=True)
+    out = fast_dropout(x, 0.3)
+    out.backward(torch.ones_like(out))
+    torch.testing.assert_close(x.grad, (out != 0).float() / 0.7)
+
+
+def test_masks_follow_the_seed():
+    masks = []
+    for seed in (7, 7, 8):
+        torch.manual_seed(seed)
+        masks.append(fast_dropout(torch.ones(10_000), 0.1) != 0)
+    assert torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[2])
+
+
+def test_identity_outside_training_and_at_p0():
+    x = torch.randn(100)
+    module = CPUDropout(0.1).eval()
+    assert module(x) is x and fast_dropout(x, 0.0) is x
+    assert torch.equal(fast_dropout(x, 1.0), torch.zeros_like(x))
+
+
+class _Attention(torch.nn.Module):
+    is_causal = False
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_math_path_is_sdpa_at_p_to_0(masked):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 9, 8) for _ in range(3))
+    mask = None
+    if masked:
+        lengths = torch.tensor([9, 4, 1])
+        mask = (torch.arange(9)[None, :] < lengths[:, None])[:, None, None, :].expand(3, 1, 9, 9)
+    # p = 1e-9 rounds to a threshold of 0: every element is kept, with a scale of 1 + 1e-9.
+    ours, _ = attention(_Attention(), q, k, v, mask, dropout=1e-9, scaling=8 ** -0.5)
+    reference, _ = sdpa_attention_forward(_Attention(), q, k, v, mask, dropout=0.0, scaling=8 ** -0.5)
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
+
+
+def _bert(p: float):
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                        hidden_dropout_prob=p, attention_probs_dropout_prob=p, max_position_embeddings=80, num_labels=4)
+    model = BertForSequenceClassification(config)
+    model.config._attn_implementation = "sdpa"
+    return model
+
+
+@pytest.mark.parametrize("first_token", [False, True])
+def test_installed_model_is_the_stock_function(first_token):
+    ids, mask = _batch(0)
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    # Eval: exactly the stock model (SDPA, no dropout).
+    stock = _bert(0.1).eval()
+    fast = copy.deepcopy(stock)
+    assert "attention dropout" in cpu_dropout.install(fast)
+    assert fast.config._attn_implementation == ATTENTION
+    assert isinstance(fast.bert.encoder.layer[0].output.dropout, CPUDropout)
+    assert torch.equal(fast(input_ids=ids, attention_mask=mask).logits, stock(input_ids=ids, attention_mask=mask).logits)
+    # Training with p -> 0: every dropout path runs (masks, attention math) and gives the stock loss and gradients.
+    stock = _bert(1e-9).train()
+    if first_token:
+        restrict_last_layer(stock, "standard")
+    fast = copy.deepcopy(stock)
+    cpu_dropout.install(fast)
+    losses = [model(input_ids=ids, attention_mask=mask, labels=labels).loss for model in (stock, fast)]
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=1e-5)
+    for loss in losses:
+        loss.backward()
+    for (name, a), (_, b) in zip(stock.named_parameters(), fast.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_training_drops_and_stays_finite():
+    model = _bert(0.1).train()
+    cpu_dropout.install(model)
+    ids, mask = _batch(0)
+    first, second = (model(input_ids=ids, attention_mask=mask).logits for _ in range(2))
+    assert not torch.equal(first, second)  # dropout is on
+    second.sum().backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_attention_left_alone_where_not_known():
+    torch.manual_seed(0)
+    model = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=200, dim=32, n_layers=2, n_heads=4,
+                                                                 hidden_dim=64, max_position_embeddings=80))
+    model.config._attn_implementation = "sdpa"
+    note = cpu_dropout.install(model)
+    assert "attention dropout" not in note and model.config._attn_implementation == "sdpa"
+    assert any(isinstance(m, CPUDropout) for m in model.modules())
