@@ -63,11 +63,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the row sample")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--arms", default="notebook,textlora", help=f"comma-separated, from {', '.join(ARMS)}")
+    p.add_argument("--baseline", default="notebook", choices=ARMS,
+                   help="the arm every other arm is compared with, seed by seed")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per arm (default: torch's own)")
     p.add_argument("--workdir", default=None)
     p.add_argument("--reuse-results", action="store_true",
                    help="keep the arm/seed results already in --workdir (same rows and setup) and run the rest")
     p.add_argument("--out", default=str(bc.REPO / "BENCHMARKS.md"), help="markdown file to update, or 'none'")
+    p.add_argument("--section", default=None, help="section name in --out (default accuracy_parity-DEVICE)")
     p.add_argument("--child", default=None, choices=ARMS, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
@@ -164,7 +167,7 @@ def main(argv=None) -> int:
     text = report(args, setup, results, len(test_rows.texts), data, test)
     print("\n" + text)
     if args.out != "none":
-        bc.write_section(Path(args.out), f"accuracy_parity-{device}", text)
+        bc.write_section(Path(args.out), args.section or f"accuracy_parity-{device}", text)
     print(f"[bench] files in {workdir}")
     return 0
 
@@ -175,8 +178,9 @@ def paired_difference(results: list[dict], arm: str, baseline: str, test_count: 
     diffs = np.array([by_seed[arm, seed] - by_seed[baseline, seed] for a, seed in by_seed
                       if a == arm and (baseline, seed) in by_seed])
     error = diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    target = "; target: >= 0" if baseline == "notebook" else ""
     return (f"- {arm} - {baseline}, paired by seed: {diffs.mean():+.4f} +/- {error:.4f} (standard error over "
-            f"{len(diffs)} seeds; {diffs.mean() * test_count:+.0f} of {test_count:,} test rows; target: >= 0); "
+            f"{len(diffs)} seeds; {diffs.mean() * test_count:+.0f} of {test_count:,} test rows{target}); "
             f"per seed {', '.join(f'{d:+.4f}' for d in diffs)}")
 
 
@@ -186,8 +190,8 @@ def report(args, setup: stacks.TrainSetup, results: list[dict], test_count: int,
     means = {arm: float(np.mean([r["test_accuracy"] for r in results if r["arm"] == arm]))
              for arm in dict.fromkeys(r["arm"] for r in results)}
     lines = [f"- mean test accuracy of {arm}: **{value:.4f}**" for arm, value in means.items()]
-    for arm in [a for a in means if a != "notebook" and "notebook" in means]:
-        lines.append(paired_difference(results, arm, "notebook", test_count))
+    for arm in [a for a in means if a != args.baseline and args.baseline in means]:
+        lines.append(paired_difference(results, arm, args.baseline, test_count))
     text = bc.section_head(f"Accuracy parity: {setup.device}, {Path(setup.model_dir).name}") + [
             f"{args.rows:,} real AG News train rows from {data} (sample seed {args.data_seed}), {setup.epochs:g} "
             f"epoch(s), batch {setup.batch_size}, texts truncated at {setup.max_length} tokens, LoRA r={setup.lora_r} alpha={setup.lora_alpha:g} dropout "
