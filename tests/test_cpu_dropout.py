@@ -11,7 +11,7 @@ from textlora import cpu_dropout
 from textlora.cpu_dropout import CPUDropout, fast_dropout
 from textlora.first_token import restrict_last_layer
 
-from .test_first_token import _batch
+from .test_first_token import SHAPE, _batch, assert_same_loss_and_gradients
 
 ROWS = 1_000_000
 
@@ -62,9 +62,8 @@ def test_identity_outside_training_and_at_p0():
 
 def _bert(p: float):
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-                        hidden_dropout_prob=p, attention_probs_dropout_prob=p, max_position_embeddings=80, num_labels=4)
-    model = BertForSequenceClassification(config)
+    model = BertForSequenceClassification(BertConfig(**{**SHAPE, "hidden_dropout_prob": p, "attention_probs_dropout_prob": p},
+                                                     max_position_embeddings=80))
     model.config._attn_implementation = "sdpa"
     return model
 
@@ -72,7 +71,6 @@ def _bert(p: float):
 @pytest.mark.parametrize("first_token", [False, True])
 def test_installed_model_is_the_stock_function(first_token):
     ids, mask = _batch(0)
-    labels = torch.tensor([0, 1, 2, 3, 0])
     # Eval: exactly the stock model (SDPA, no dropout).
     stock = _bert(0.1).eval()
     fast = copy.deepcopy(stock)
@@ -86,12 +84,7 @@ def test_installed_model_is_the_stock_function(first_token):
         restrict_last_layer(stock, "standard")
     fast = copy.deepcopy(stock)
     cpu_dropout.install(fast)
-    losses = [model(input_ids=ids, attention_mask=mask, labels=labels).loss for model in (stock, fast)]
-    torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=1e-5)
-    for loss in losses:
-        loss.backward()
-    for (name, a), (_, b) in zip(stock.named_parameters(), fast.named_parameters()):
-        torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert_same_loss_and_gradients(stock, fast)
 
 
 def test_training_drops_and_stays_finite():

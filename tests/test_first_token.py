@@ -41,6 +41,18 @@ def _batch(pad: int):
     return ids, mask
 
 
+def assert_same_loss_and_gradients(reference, candidate, pad: int = 0) -> None:
+    """``candidate`` gives ``reference``'s loss and parameter gradients on a ragged, padded batch."""
+    ids, mask = _batch(pad)
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    losses = [model(input_ids=ids, attention_mask=mask, labels=labels).loss for model in (reference, candidate)]
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=1e-5)
+    for loss in losses:
+        loss.backward()
+    for (name, a), (_, b) in zip(reference.named_parameters(), candidate.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("head", ["standard", "linear"])
@@ -48,14 +60,7 @@ def test_same_logits_and_gradients_as_stock(kind, attention, head):
     stock = apply_head(_classifier(kind, attention), head).train()
     restricted = copy.deepcopy(stock)
     assert restrict_last_layer(restricted, head) and is_restricted(restricted) and not is_restricted(stock)
-    ids, mask = _batch(1 if kind == "roberta" else 0)
-    labels = torch.tensor([0, 1, 2, 3, 0])
-    losses = [model(input_ids=ids, attention_mask=mask, labels=labels).loss for model in (stock, restricted)]
-    torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=1e-5)
-    for loss in losses:
-        loss.backward()
-    for (name, a), (_, b) in zip(stock.named_parameters(), restricted.named_parameters()):
-        torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert_same_loss_and_gradients(stock, restricted, pad=1 if kind == "roberta" else 0)
     # The pruned part of the last layer (its feed-forward) really receives a gradient in both.
     assert restricted.base_model.encoder.layer[2].intermediate.dense.weight.grad.abs().sum() > 0
 
