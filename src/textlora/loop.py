@@ -18,7 +18,6 @@ from . import checkpoint as ckpt
 from .data import TrainingData
 from .errors import RunFolderError
 from .evaluate import classification_metrics
-from .heap import TRIM_EVERY_STEPS, heap_trimmer
 from .inference import predict_proba
 from .interrupts import DeferredInterrupt
 from .prefix_cache import PrefixCache, classifier_logits
@@ -79,8 +78,6 @@ class TrainLoop:
         self.stop = False
         self.train_cache: Optional[PrefixCache] = None
         self.val_cache: Optional[PrefixCache] = None
-        # GPU activations live in torch's caching allocator; CPU ones in the C heap, which keeps what is freed.
-        self.trim_heap = heap_trimmer() if accelerator.device.type == "cpu" else None
 
     def run(self) -> None:
         cfg, state = self.cfg, self.state
@@ -160,8 +157,6 @@ class TrainLoop:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        if self.trim_heap is not None and self.state.step % TRIM_EVERY_STEPS == 0:
-            self.trim_heap()
 
     def _log_train(self, loss: float, bar) -> None:
         self._sync_counters()
