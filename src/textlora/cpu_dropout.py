@@ -13,7 +13,10 @@ compared with ``round(p * 32768)``: a keep probability exact to 1/32768, kept va
 another one (still seeded by ``train.seed``, still reproducible). Attention dropout runs in a small
 attention function registered with transformers (``ATTENTION``): scores, softmax, this dropout,
 values, in the dtype q/k/v arrive in (bf16 under autocast, as in SDPA); without dropout (eval,
-inference, p = 0) it hands over to transformers' SDPA function.
+inference, p = 0) it hands over to transformers' SDPA function. It is faster than SDPA's math path
+(1.13x over 400 steps of all-MiniLM-L6, 1.32x in an alternating loop) but the process grows more:
+glibc keeps the freed blocks of its ``[B, heads, T, T]`` tensors (5.2 GB after 400 steps where SDPA
+stays at 3.6 GB; BENCHMARKS.md, ``cpu_step_loop``).
 
 :func:`install` applies both to a model for CPU training (``train.fast_cpu_dropout``); outside
 training, and on other devices, every module behaves as the stock one.
@@ -92,18 +95,14 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
                                       scaling=scaling, **kwargs)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    # Autocast off: q/k/v are already in the compute dtype, and autocast would run the softmax in
-    # fp32, doubling the largest tensors of the step and adding casts. SDPA, an autocast op, keeps
-    # all of it in bf16 too; the softmax accumulates in fp32 inside the kernel either way.
-    with torch.autocast("cpu", enabled=False):
-        scores = torch.matmul(query * scaling, key.transpose(2, 3))  # scaling q: [B,h,T,d], not [B,h,T,T]
-        if attention_mask is not None:
-            if attention_mask.dtype == torch.bool:
-                scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)  # matmul's backward needs no output
-            else:
-                scores += attention_mask.to(scores.dtype)
-        probs = fast_dropout(torch.softmax(scores, dim=-1), dropout)
-        return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+    scores = torch.matmul(query * scaling, key.transpose(2, 3))  # scaling q: [B,h,T,d], not [B,h,T,T]
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)  # matmul's backward needs no output
+        else:
+            scores += attention_mask.to(scores.dtype)
+    probs = fast_dropout(torch.softmax(scores, dim=-1), dropout)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(ATTENTION, attention)
