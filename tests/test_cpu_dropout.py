@@ -119,7 +119,8 @@ def test_installed_model_is_the_stock_function(first_token):
     # Eval: exactly the stock model (SDPA, no dropout).
     stock = _bert(0.1).eval()
     fast = copy.deepcopy(stock)
-    assert "masks: 11 dropout modules and attention dropout" in cpu_dropout.install(fast)  # embeddings, 3 x (attention, 2 hidden), head
+    # 11 dropout modules: embeddings, 3 x (attention, 2 hidden), head.
+    assert "masks: 11 dropout modules and attention dropout" in cpu_dropout.install(fast)
     assert fast.config._attn_implementation == ATTENTION
     assert isinstance(fast.bert.encoder.layer[0].output.dropout, CPUDropout)
     assert torch.equal(fast(input_ids=ids, attention_mask=mask).logits, stock(input_ids=ids, attention_mask=mask).logits)
