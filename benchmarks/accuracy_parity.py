@@ -63,8 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the row sample")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--arms", default="notebook,textlora", help=f"comma-separated, from {', '.join(ARMS)}")
-    p.add_argument("--baseline", default="notebook", choices=ARMS,
-                   help="the arm every other arm is compared with, seed by seed")
+    p.add_argument("--baseline", default=None, choices=ARMS,
+                   help="the arm every other arm is compared with, seed by seed (default: notebook, when it runs)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per arm (default: torch's own)")
     p.add_argument("--workdir", default=None)
     p.add_argument("--reuse-results", action="store_true",
@@ -74,7 +74,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--child", default=None, choices=ARMS, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        p.error(f"--arms: unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    if args.baseline is not None and args.baseline not in arms:
+        p.error(f"--baseline {args.baseline} is not one of --arms ({args.arms}); add it there or pick another")
+    args.baseline = args.baseline or "notebook"
+    args.arm_list = arms
+    return args
 
 
 def run_arm(arm: str, setup: stacks.TrainSetup, workdir: Path) -> dict:
@@ -149,7 +158,7 @@ def main(argv=None) -> int:
                               lr=args.lr, max_length=max_length, log_every=10)
     write_inputs(json.dumps(asdict(setup)), workdir / "setup.json", args.reuse_results)
     args.threads_note = bc.limit_threads(args.threads)
-    arms = [a for a in args.arms.split(",") if a]
+    arms = args.arm_list
     results = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for arm in arms:

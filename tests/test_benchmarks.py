@@ -147,6 +147,21 @@ def test_accuracy_parity_pairs_differences_by_seed():
     assert "per seed +0.0100, -0.0100, +0.0300" in line
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--arms", "notebook,textlora-typo"], "unknown arm(s) textlora-typo"),
+    (["--arms", "textlora", "--baseline", "notebook"], "--baseline notebook is not one of --arms"),
+])
+def test_accuracy_parity_refuses_unknown_arms_and_a_baseline_that_does_not_run(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        accuracy_parity.parse_args(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_accuracy_parity_baseline_defaults_to_the_notebook():
+    assert accuracy_parity.parse_args(["--arms", "textlora,textlora-fp32"]).baseline == "notebook"
+    assert accuracy_parity.parse_args(["--arms", "textlora,textlora-fp32", "--baseline", "textlora"]).baseline == "textlora"
+
+
 def test_accuracy_parity_reuses_results_only_for_the_same_inputs(tmp_path):
     rows = bc.load_agnews(AGNEWS_SMALL, 8, 0)
     path = tmp_path / "train.csv"
