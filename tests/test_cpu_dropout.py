@@ -5,10 +5,11 @@ import copy
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from textlora import cpu_dropout
-from textlora.cpu_dropout import CPUDropout, fast_dropout
+from textlora.cpu_dropout import ATTENTION, CPUDropout, attention, fast_dropout
 from textlora.first_token import restrict_last_layer
 
 from .test_first_token import SHAPE, _batch, assert_same_loss_and_gradients
@@ -60,6 +61,65 @@ def test_identity_outside_training_and_at_p0():
     assert torch.equal(fast_dropout(x, 1.0), torch.zeros_like(x))
 
 
+class _Attention(torch.nn.Module):
+    is_causal = False
+
+
+def _qkv_and_mask(masked: bool, dtype=torch.float32):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 9, 8, dtype=dtype) for _ in range(3))
+    mask = None
+    if masked:
+        lengths = torch.tensor([9, 4, 1])
+        mask = (torch.arange(9)[None, :] < lengths[:, None])[:, None, None, :].expand(3, 1, 9, 9)
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_is_sdpa_at_p_to_0(masked):
+    q, k, v, mask = _qkv_and_mask(masked)
+    # p = 1e-9 rounds to a threshold of 0: every element is kept, with a scale of 1 + 1e-9.
+    ours, _ = attention(_Attention(), q, k, v, mask, dropout=1e-9, scaling=8 ** -0.5)
+    reference, _ = sdpa_attention_forward(_Attention(), q, k, v, mask, dropout=0.0, scaling=8 ** -0.5)
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
+
+
+def test_attention_under_bf16_autocast_stays_bf16_and_close_to_sdpa():
+    q, k, v, mask = _qkv_and_mask(True, torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, _ = attention(_Attention(), q, k, v, mask, dropout=1e-9, scaling=8 ** -0.5)
+        reference, _ = sdpa_attention_forward(_Attention(), q, k, v, mask, dropout=0.0, scaling=8 ** -0.5)
+    assert ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), reference.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_attention_drops_probabilities():
+    q, k, v, _ = _qkv_and_mask(False)
+    q.requires_grad_()
+    torch.manual_seed(1)
+    out, _ = attention(_Attention(), q, k, torch.eye(9).expand(3, 4, 9, 9), None, dropout=0.5, scaling=1.0)
+    # With v = I the output rows are the dropped probabilities: about half zero, the rest scaled by 2.
+    zeros = (out == 0).float().mean().item()
+    assert 0.4 < zeros < 0.6
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all()
+
+
+def test_attention_backward_is_the_gradient_of_its_forward_with_dropout():
+    # Backward recomputes the probabilities and applies the mask it kept; gradcheck holds it to finite
+    # differences of the forward, the global seed reset before each call so that it draws the same mask.
+    q, k, v, mask = _qkv_and_mask(True, torch.float64)
+
+    def dropped_attention(q, k, v):
+        torch.manual_seed(3)
+        return attention(_Attention(), q, k, v, mask, dropout=0.3, scaling=8 ** -0.5)[0]
+
+    inputs = tuple(t.requires_grad_() for t in (q, k, v))
+    reference, _ = sdpa_attention_forward(_Attention(), q, k, v, mask, dropout=0.0, scaling=8 ** -0.5)
+    assert not torch.allclose(dropped_attention(*inputs), reference)  # the mask does drop
+    assert torch.autograd.gradcheck(dropped_attention, inputs)
+
+
 def _bert(p: float):
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(**{**SHAPE, "hidden_dropout_prob": p, "attention_probs_dropout_prob": p},
@@ -74,11 +134,13 @@ def test_installed_model_is_the_stock_function(first_token):
     # Eval: exactly the stock model (SDPA, no dropout).
     stock = _bert(0.1).eval()
     fast = copy.deepcopy(stock)
-    assert "in 11 dropout modules" in cpu_dropout.install(fast)  # embeddings, 3 x (attention, 2 hidden), head
+    # 11 dropout modules: embeddings, 3 x (attention, 2 hidden), head.
+    assert "masks: 11 dropout modules and attention dropout" in cpu_dropout.install(fast)
+    assert fast.config._attn_implementation == ATTENTION
     assert isinstance(fast.bert.encoder.layer[0].output.dropout, CPUDropout)
     assert torch.equal(fast(input_ids=ids, attention_mask=mask).logits, stock(input_ids=ids, attention_mask=mask).logits)
-    # Training with p -> 0 (a threshold of 0: every element kept, scaled by 1 + 1e-9): every mask runs and the
-    # loss and gradients are the stock ones.
+    # Training with p -> 0 (a threshold of 0: every element kept, scaled by 1 + 1e-9): every mask and the
+    # attention function run, and the loss and gradients are the stock ones.
     stock = _bert(1e-9).train()
     if first_token:
         restrict_last_layer(stock, "standard")
@@ -95,3 +157,13 @@ def test_training_drops_and_stays_finite():
     assert not torch.equal(first, second)  # dropout is on
     second.sum().backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_attention_left_alone_where_not_known():
+    torch.manual_seed(0)
+    model = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=200, dim=32, n_layers=2, n_heads=4,
+                                                                 hidden_dim=64, max_position_embeddings=80))
+    model.config._attn_implementation = "sdpa"
+    note = cpu_dropout.install(model)
+    assert "attention dropout" not in note and model.config._attn_implementation == "sdpa"
+    assert any(isinstance(m, CPUDropout) for m in model.modules())

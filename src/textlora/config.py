@@ -230,9 +230,10 @@ class TrainConfig:
     compile: bool = False
     """``torch.compile`` the model (GPU; pays off on long runs; first steps are slower while it compiles)."""
     fast_cpu_dropout: bool = True
-    """Training on CPU: the dropout modules (hidden states, LoRA inputs, head) draw their masks from 15-bit integers of
-    torch's generator instead of ``bernoulli_``: the keep probability exact to 1/32768, another random stream (still
-    seeded), faster steps (BENCHMARKS.md). ``false``: torch's own dropout. No effect on GPUs or outside training."""
+    """Training on CPU: dropout masks (hidden states, LoRA inputs, head and, for BERT-style models, attention
+    probabilities in textlora's own attention function instead of SDPA's math path) from 15-bit integers of torch's
+    generator instead of ``bernoulli_``: the keep probability exact to 1/32768, another random stream (still seeded),
+    faster steps (BENCHMARKS.md). ``false``: torch's own dropout and SDPA. No effect on GPUs or outside training."""
 
     def __post_init__(self):
         _require(self.epochs > 0, "train.epochs", "must be > 0")
