@@ -9,11 +9,12 @@ import csv
 import json
 import math
 import sys
+from argparse import Namespace
 
 import numpy as np
 import pytest
 
-from benchmarks import accuracy_parity, predict_speed, train_speed
+from benchmarks import accuracy_parity, cpu_step_loop, predict_speed, train_speed
 from benchmarks import common as bc
 from benchmarks import stacks
 
@@ -174,3 +175,14 @@ def test_accuracy_parity_reuses_results_only_for_the_same_inputs(tmp_path):
     assert path.read_bytes() == first and not list(tmp_path.glob("*.new"))  # the earlier inputs are kept
     accuracy_parity.write_inputs(bc.load_agnews(AGNEWS_SMALL, 8, 1), path, reuse=False)  # a fresh run overwrites
     assert path.read_bytes() != first
+
+
+def test_cpu_step_loop_times_both_attentions_and_reads_memory_every_50_steps(tiny_model_dir):
+    args = Namespace(model=str(tiny_model_dir), rows=96, window=1, rounds=1, drift_steps=50,
+                     attention="textlora's attention function")
+    alternate = cpu_step_loop._alternate(args)
+    assert "attention dropout" in alternate["note"]  # the attention function is installed, not only SDPA
+    assert set(alternate["samples_per_s"]) == set(cpu_step_loop.MODES)
+    assert all(rate > 0 for rate in alternate["samples_per_s"].values())
+    (window,) = cpu_step_loop._drift(args)["windows"]
+    assert window["step"] == 50 and 0 < window["trimmed_rss_gb"] <= window["peak_rss_gb"] * 1.01
