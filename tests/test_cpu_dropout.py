@@ -120,6 +120,21 @@ def test_attention_backward_is_the_gradient_of_its_forward_with_dropout():
     assert torch.autograd.gradcheck(dropped_attention, inputs)
 
 
+class _Causal(torch.nn.Module):
+    pass  # no is_causal: transformers' SDPA function then treats the attention as causal
+
+
+@pytest.mark.parametrize("module, kwargs", [(_Causal(), {}), (_Attention(), {"is_causal": True}),
+                                            (_Attention(), {"position_bias": torch.zeros(1, 4, 9, 9)})])
+def test_attention_leaves_causal_and_biased_attention_to_sdpa(module, kwargs):
+    q, k, v, _ = _qkv_and_mask(False)
+    torch.manual_seed(5)
+    ours, _ = attention(module, q, k, v, None, dropout=0.5, scaling=8 ** -0.5, **kwargs)
+    torch.manual_seed(5)
+    reference, _ = sdpa_attention_forward(module, q, k, v, None, dropout=0.5, scaling=8 ** -0.5, **kwargs)
+    assert torch.equal(ours, reference)
+
+
 def _bert(p: float):
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(**{**SHAPE, "hidden_dropout_prob": p, "attention_probs_dropout_prob": p},

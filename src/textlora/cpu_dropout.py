@@ -128,6 +128,20 @@ class _AttentionCore(torch.autograd.Function):
         return grad_query, grad_key, grad_value, None, None, None
 
 
+def _computes_itself(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, dropout: float,
+                     kwargs: dict) -> bool:
+    """Whether :func:`attention` computes a call itself: CPU dropout in plain bidirectional attention.
+
+    Causal attention (transformers' SDPA function assumes it unless the module says otherwise),
+    grouped key/value heads, position biases and soft-capping are left to that function.
+    """
+    causal = kwargs.get("is_causal")
+    if causal is None:
+        causal = getattr(module, "is_causal", True)
+    return (bool(dropout) and query.device.type == "cpu" and key.shape[1] == query.shape[1] and not causal
+            and kwargs.get("position_bias") is None and kwargs.get("softcap") is None)
+
+
 def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """transformers' attention interface: ``[B, heads, T, d]`` q/k/v -> ``([B, T, heads, d], None)``.
@@ -136,7 +150,7 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
     attention probabilities with :func:`keep_mask` masks; otherwise transformers' SDPA function runs.
     ``attention_mask`` is SDPA's: None, boolean (True = attend) or additive, broadcast to ``[B, 1, Tq, Tk]``.
     """
-    if not dropout or query.device.type != "cpu" or key.shape[1] != query.shape[1]:
+    if not _computes_itself(module, query, key, dropout, kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     if scaling is None:
