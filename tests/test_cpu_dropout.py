@@ -164,6 +164,19 @@ def test_installed_model_is_the_stock_function(first_token):
     assert_same_loss_and_gradients(stock, fast)
 
 
+def test_installed_bert_trains_with_the_attention_function_in_every_layer(monkeypatch):
+    calls = []
+    apply = cpu_dropout._AttentionCore.apply
+    monkeypatch.setattr(cpu_dropout._AttentionCore, "apply", lambda *args: calls.append(1) or apply(*args))
+    model = _bert(0.1)
+    cpu_dropout.install(model)
+    ids, mask = _batch(0)
+    model.eval()(input_ids=ids, attention_mask=mask)
+    assert not calls  # no dropout: SDPA
+    model.train()(input_ids=ids, attention_mask=mask).logits.sum().backward()
+    assert len(calls) == model.config.num_hidden_layers
+
+
 def test_training_drops_and_stays_finite():
     model = _bert(0.1).train()
     cpu_dropout.install(model)
