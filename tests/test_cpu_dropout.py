@@ -135,6 +135,21 @@ def test_attention_leaves_causal_and_biased_attention_to_sdpa(module, kwargs):
     assert torch.equal(ours, reference)
 
 
+def test_attention_backward_computes_only_the_gradients_asked_for():
+    q, k, v, mask = _qkv_and_mask(True)
+    grads = {}
+    for asked in ("qkv", "q", "kv"):
+        inputs = [t.clone().requires_grad_(name in asked) for name, t in zip("qkv", (q, k, v))]
+        torch.manual_seed(3)
+        out, _ = attention(_Attention(), *inputs, mask, dropout=0.3, scaling=8 ** -0.5)
+        out.sum().backward()
+        grads[asked] = {name: t.grad for name, t in zip("qkv", inputs)}
+    assert grads["q"]["k"] is None and grads["q"]["v"] is None and grads["kv"]["q"] is None
+    for asked in ("q", "kv"):
+        for name in asked:
+            torch.testing.assert_close(grads[asked][name], grads["qkv"][name])
+
+
 def _bert(p: float):
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(**{**SHAPE, "hidden_dropout_prob": p, "attention_probs_dropout_prob": p},

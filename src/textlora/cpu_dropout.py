@@ -116,15 +116,21 @@ class _AttentionCore(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         query, key, value, bias, keep = ctx.saved_tensors
+        needs_query, needs_key, needs_value = ctx.needs_input_grad[:3]  # e.g. no key grad above frozen layers
+        grad_query = grad_key = grad_value = None
         with torch.autocast("cpu", enabled=False):
             probs = _probabilities(query, key, bias, ctx.scaling)
             grad_out = grad_out.to(value.dtype) * (1.0 / (1.0 - ctx.p))
-            grad_value = torch.matmul((probs * keep).transpose(-1, -2), grad_out)
-            grad_probs = torch.matmul(grad_out, value.transpose(-1, -2)).mul_(keep)
-            grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
-            del probs, grad_probs
-            grad_query = torch.matmul(grad_scores, key).mul_(ctx.scaling)
-            grad_key = torch.matmul(grad_scores.transpose(-1, -2), query * ctx.scaling)
+            if needs_value:
+                grad_value = torch.matmul((probs * keep).transpose(-1, -2), grad_out)
+            if needs_query or needs_key:
+                grad_probs = torch.matmul(grad_out, value.transpose(-1, -2)).mul_(keep)
+                grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+                del probs, grad_probs
+                if needs_query:
+                    grad_query = torch.matmul(grad_scores, key).mul_(ctx.scaling)
+                if needs_key:
+                    grad_key = torch.matmul(grad_scores.transpose(-1, -2), query * ctx.scaling)
         return grad_query, grad_key, grad_value, None, None, None
 
 
