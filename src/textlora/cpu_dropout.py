@@ -15,8 +15,8 @@ attention function registered with transformers (``ATTENTION``): scores, softmax
 values, in the dtype SDPA would compute in (bf16 under autocast); without dropout (eval, inference,
 p = 0) it hands over to transformers' SDPA function. Its backward pass recomputes the softmax
 instead of keeping it, so the process stays as flat over a long run as with SDPA, and smaller
-(BENCHMARKS.md, ``cpu_step_loop``: 1.12x SDPA's steps over 400 of all-MiniLM-L6, RSS flat at 3.2
-GB against SDPA's 3.5; an earlier version that kept the probabilities grew to 6.1 GB by step 1,000).
+(BENCHMARKS.md, ``cpu_step_loop``: 1.17x SDPA's steps over 400 of all-MiniLM-L6, RSS flat at 3.3
+GB against SDPA's 3.6; an earlier version that kept the probabilities grew to 6.1 GB by step 1,000).
 
 :func:`install` applies both to a model for CPU training (``train.fast_cpu_dropout``); outside
 training, and on other devices, every module behaves as the stock one.
