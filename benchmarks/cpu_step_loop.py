@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import tempfile
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
