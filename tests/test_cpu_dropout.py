@@ -1,5 +1,6 @@
 """CPU dropout from integer masks: the keep probability and scale of nn.Dropout, one mask forward and back,
-seeded; the model it is installed in computes the stock function (eval exactly, training with p -> 0)."""
+seeded; the attention function is SDPA as p -> 0 and its backward the gradient of its forward (gradcheck); the
+model it is installed in computes the stock function (eval exactly, training with p -> 0)."""
 
 import copy
 
