@@ -35,6 +35,13 @@ BATCH = 48
 MODES = {"SDPA (math path, torch's attention dropout)": "sdpa", "textlora's attention function": None}
 
 
+def _use(config, mode: str) -> None:
+    """Switch the model's attention to ``mode`` (a key of MODES); None there is textlora's function."""
+    from textlora.cpu_dropout import ATTENTION
+
+    config._attn_implementation = MODES[mode] or ATTENTION
+
+
 def _rss_gb() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * 4096 / 1e9
@@ -82,7 +89,6 @@ def _setup(model_dir: str, rows: int):
 
 
 def _alternate(args) -> dict:
-    from textlora.cpu_dropout import ATTENTION
     from textlora.prefix_cache import stock_classifier
 
     model, step, batches, note = _setup(args.model, args.rows)
@@ -90,8 +96,8 @@ def _alternate(args) -> dict:
     totals = {name: [0, 0.0] for name in MODES}
     for round_ in range(args.rounds + 1):
         window = [batches[(round_ * args.window + i) % len(batches)] for i in range(args.window)]
-        for name, implementation in MODES.items():
-            config._attn_implementation = implementation or ATTENTION
+        for name in MODES:
+            _use(config, name)
             started = time.perf_counter()
             samples = sum(step(batch) for batch in window)
             if round_:  # round 0 warms up
@@ -103,11 +109,10 @@ def _alternate(args) -> dict:
 def _drift(args) -> dict:
     import ctypes
 
-    from textlora.cpu_dropout import ATTENTION
     from textlora.prefix_cache import stock_classifier
 
     model, step, batches, note = _setup(args.model, args.rows)
-    stock_classifier(model).config._attn_implementation = MODES[args.attention] or ATTENTION
+    _use(stock_classifier(model).config, args.attention)
     windows, samples, started = [], 0, time.perf_counter()
     for index in range(args.drift_steps):
         samples += step(batches[index % len(batches)])

@@ -130,7 +130,7 @@ class _AttentionCore(torch.autograd.Function):
                 if needs_query:
                     grad_query = torch.matmul(grad_scores, key).mul_(ctx.scaling)
                 if needs_key:
-                    grad_key = torch.matmul(grad_scores.transpose(-1, -2), query * ctx.scaling)
+                    grad_key = torch.matmul(grad_scores.transpose(-1, -2), query).mul_(ctx.scaling)
         return grad_query, grad_key, grad_value, None, None, None
 
 
