@@ -150,8 +150,7 @@ def trainer_losses(trainer) -> list[float]:
 TEXTLORA_ARM_OVERRIDES = {"textlora-fp32": ("train.mixed_precision=no",), "textlora-cache": ("train.prefix_cache=on",),
                           "textlora-nocache": ("train.prefix_cache=off",),
                           "textlora-random-batches": ("train.length_pool_batches=1",),
-                          "textlora-torch-dropout": ("train.fast_cpu_dropout=false",),
-                          "textlora-default-malloc": ("train.reuse_freed_memory=false",)}
+                          "textlora-torch-dropout": ("train.fast_cpu_dropout=false",)}
 
 
 def textlora_overrides(setup: TrainSetup, train_csv: Path, val_csv: Path, output_dir: Path, run_name: str,

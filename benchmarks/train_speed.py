@@ -18,8 +18,6 @@ gradient clipping and seed:
   CPUs with AMX and on GPUs);
 - ``textlora-torch-dropout``: textlora with torch's own dropout (``train.fast_cpu_dropout=false``), to
   isolate what its CPU dropout masks give;
-- ``textlora-default-malloc``: textlora with glibc's malloc defaults (``train.reuse_freed_memory=false``),
-  to isolate what keeping freed blocks for the next step gives;
 - ``textlora-cache`` / ``textlora-nocache``: textlora with the frozen-prefix cache forced on / off
   (``stacks.TEXTLORA_ARM_OVERRIDES``), for the top-layer layout (plain ``textlora`` keeps its default).
 
@@ -48,8 +46,8 @@ from benchmarks import common as bc
 from benchmarks import stacks
 
 AGNEWS_TRAIN_ROWS = 120_000  # the full AG News train split, for the GPU epoch-time projection
-ARMS = ("notebook", "best-practice", "textlora", "textlora-fp32", "textlora-torch-dropout", "textlora-default-malloc",
-        "textlora-cache", "textlora-nocache")
+ARMS = ("notebook", "best-practice", "textlora", "textlora-fp32", "textlora-torch-dropout", "textlora-cache",
+        "textlora-nocache")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -191,8 +189,6 @@ def report(args, setup: stacks.TrainSetup, results: list[dict], meta: dict) -> s
     for a, b, target in (("textlora", "notebook", "8x on CPU, all-layer LoRA"),
                          ("textlora", "best-practice", "1.5x on CPU, all-layer LoRA"),
                          ("textlora", "textlora-fp32", None),
-                         ("textlora", "textlora-torch-dropout", None),
-                         ("textlora", "textlora-default-malloc", None),
                          ("textlora-cache", "textlora-nocache", "2.5x, top-layer LoRA")):
         if a in by_arm and b in by_arm:
             goal = f" (target >= {target})" if target else ""

@@ -234,11 +234,6 @@ class TrainConfig:
     probabilities in textlora's own attention function instead of SDPA's math path) from 15-bit integers of torch's
     generator instead of ``bernoulli_``: the keep probability exact to 1/32768, another random stream (still seeded),
     faster steps (BENCHMARKS.md). ``false``: torch's own dropout and SDPA. No effect on GPUs or outside training."""
-    reuse_freed_memory: bool = True
-    """Training on CPU with glibc (Linux): let malloc keep freed blocks below 256 MB in the heap for the next step
-    instead of returning them and zero-filling fresh pages (``mallopt``; process-wide, for the life of the process;
-    what is free goes back to the system after training). Faster steps at the same peak memory (BENCHMARKS.md).
-    ``false``: glibc's defaults."""
 
     def __post_init__(self):
         _require(self.epochs > 0, "train.epochs", "must be > 0")

@@ -20,7 +20,6 @@ from accelerate.utils import set_seed
 
 from . import checkpoint as ckpt
 from . import cpu_dropout
-from . import cpu_memory
 from .batching import make_loader
 from .budget import enforce_budget, trainable_breakdown
 from .config import RunConfig, TrainConfig, config_from_yaml_file
@@ -83,8 +82,6 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
     print(f"[model] {first_token_note(built.model, config.model)}")
     if config.train.fast_cpu_dropout and accelerator.device.type == "cpu":
         print(f"[model] {cpu_dropout.install(built.model)}")
-    if config.train.reuse_freed_memory and accelerator.device.type == "cpu":
-        print(f"[train] {cpu_memory.reuse_freed_memory()}")
     print(f"[train] {accelerator.device}, {precision_name(accelerator.mixed_precision)} "
           f"(train.mixed_precision={config.train.mixed_precision})")
     tokenizer = load_tokenizer(config.model.name_or_path)
@@ -142,8 +139,6 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
         for cache in caches:
             if cache is not None:
                 cache.close()
-        if config.train.reuse_freed_memory and accelerator.device.type == "cpu":
-            cpu_memory.release_freed_memory()
 
 
 def _broadcast(accelerator: Accelerator, text: str) -> str:
