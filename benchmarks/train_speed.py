@@ -189,6 +189,7 @@ def report(args, setup: stacks.TrainSetup, results: list[dict], meta: dict) -> s
     for a, b, target in (("textlora", "notebook", "8x on CPU, all-layer LoRA"),
                          ("textlora", "best-practice", "1.5x on CPU, all-layer LoRA"),
                          ("textlora", "textlora-fp32", None),
+                         ("textlora", "textlora-torch-dropout", None),
                          ("textlora-cache", "textlora-nocache", "2.5x, top-layer LoRA")):
         if a in by_arm and b in by_arm:
             goal = f" (target >= {target})" if target else ""

@@ -11,7 +11,7 @@ from textlora.config import ModelConfig, OptimConfig
 from textlora.errors import BudgetError
 from textlora.labels import LabelMap
 from textlora.model import build_model
-from textlora.optim import param_groups
+from textlora.optim import build_optimizer, param_groups
 
 LABELS = LabelMap(names=("World", "Sports", "Business", "Sci/Tech"), kind="int", base=1)
 
@@ -136,3 +136,28 @@ def test_layer_wise_learning_rates_and_no_decay_on_biases(tiny):
         assert lr == expected_lr, name
         assert decay == (0.0 if name.endswith("bias") else 0.01), name
     assert sum(name.endswith("bias") for name, _ in trainable) == 1  # the classifier's bias
+
+
+def test_adamw_is_fused_on_cpu_and_cuda_only_and_steps_like_torchs_loop_version(tiny):
+    cfg = OptimConfig(lr=1e-4, layer_lrs={"0-0": 1e-5}, head_lr=1e-3, weight_decay=0.01)
+    trained = tiny.head_modules + tiny.fresh_modules
+    assert build_optimizer(tiny.model, cfg, trained, "cuda").defaults["fused"]
+    assert not build_optimizer(tiny.model, cfg, trained, "mps").defaults["fused"]
+    optimizer = build_optimizer(tiny.model, cfg, trained, "cpu")
+    assert optimizer.defaults["fused"]
+    reference = torch.optim.AdamW(param_groups(tiny.model, cfg, trained), lr=cfg.lr)  # torch's loop version
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    start = [p.detach().clone() for p in params]
+    torch.manual_seed(0)
+    grads = [torch.randn_like(p) for p in params]
+    updates = []
+    for opt in (optimizer, reference):
+        with torch.no_grad():
+            for p, s in zip(params, start):
+                p.copy_(s)
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        updates.append([p.detach() - s for p, s in zip(params, start)])
+    for fused_update, loop_update in zip(*updates):
+        torch.testing.assert_close(fused_update, loop_update)

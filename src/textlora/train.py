@@ -105,7 +105,7 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
 
     model = built.model
     trained_modules = built.head_modules + built.fresh_modules
-    optimizer = build_optimizer(model, config.optim, trained_modules)
+    optimizer = build_optimizer(model, config.optim, trained_modules, accelerator.device.type)
     model, optimizer = accelerator.prepare(model, optimizer)
     caches = build_prefix_caches(config.train, accelerator.unwrap_model(model), (train_tokens, val_tokens),
                                  tokenizer.pad_token_id, accelerator.device, accelerator.autocast,
