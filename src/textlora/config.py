@@ -137,7 +137,7 @@ class OptimConfig:
     """Optimizer, learning rates and schedule."""
 
     name: str = "adamw"
-    """``adamw``, ``rmsprop`` or ``sgd``."""
+    """``adamw`` (torch's fused kernel on CPU and CUDA), ``rmsprop`` or ``sgd``."""
     lr: float = 1e-4
     """Learning rate of every trainable parameter not covered by ``layer_lrs`` / ``head_lr``."""
     weight_decay: float = 0.0
