@@ -22,8 +22,10 @@ gradient clipping and seed:
   (``stacks.TEXTLORA_ARM_OVERRIDES``), for the top-layer layout (plain ``textlora`` keeps its default).
 
 Throughput is measured between optimizer steps (step ``skip`` to the last), so model loading,
-tokenization and the first step are reported separately as set-up. Results: a markdown table
-printed and written as a section of BENCHMARKS.md, together with this command.
+tokenization and the first step are reported separately as set-up. ``--rounds N`` runs the arms N
+times in turn (A B A B ...) and gives each ratio per round and as their median: a shared machine's
+speed drifts by more than some of the differences measured here. Results: a markdown table printed
+and written as a section of BENCHMARKS.md, together with this command.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ PROCESS_START = time.perf_counter()  # set-up time counts from here: imports are
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from dataclasses import asdict, replace
@@ -70,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bp-bf16", default="auto", choices=["auto", "yes", "no"], help="bf16 in the best-practice arm")
     p.add_argument("--textlora-override", action="append", default=[], help="extra key=value for textlora's arms")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per arm (default: torch's own)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the arms this many times, in turn (A B A B ...): ratios per round and their median")
     p.add_argument("--val-rows", type=int, default=64, help="validation rows textlora checks once, after timing")
     p.add_argument("--workdir", default=None, help="where rows, run folders and arm results go (default: a temp dir)")
     p.add_argument("--out", default=str(bc.REPO / "BENCHMARKS.md"), help="markdown file to update, or 'none'")
@@ -81,6 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [a for a in args.arm_list if a not in ARMS]
     if unknown:
         p.error(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
     return args
 
 
@@ -184,7 +191,15 @@ def report(args, setup: stacks.TrainSetup, results: list[dict], meta: dict) -> s
     rows = [[r["arm"], r["samples_per_s"], r["real_tokens_per_s"], r["pad_ratio"], r["process_peak_rss_mb"],
              r.get("peak_cuda_mb"), r["final_loss"], r["window_s"], r["setup_s"], r["trainable_params"],
              r["precision"]] for r in results]
-    by_arm = {r["arm"]: r["samples_per_s"] for r in results}
+    rounds = max(r.get("round", 1) for r in results)
+    if rounds > 1:
+        header.insert(1, "round")
+        for row, r in zip(rows, results):
+            row.insert(1, r["round"])
+    # samples/s by arm, one per round: a ratio compares arms of the same round, run one after the other.
+    by_arm: dict[str, list[float]] = {}
+    for r in results:
+        by_arm.setdefault(r["arm"], []).append(r["samples_per_s"])
     ratios = []
     for a, b, target in (("textlora", "notebook", "8x on CPU, all-layer LoRA"),
                          ("textlora", "best-practice", "1.5x on CPU, all-layer LoRA"),
@@ -193,12 +208,15 @@ def report(args, setup: stacks.TrainSetup, results: list[dict], meta: dict) -> s
                          ("textlora-cache", "textlora-nocache", "2.5x, top-layer LoRA")):
         if a in by_arm and b in by_arm:
             goal = f" (target >= {target})" if target else ""
-            ratios.append(f"- {a} / {b}: **{by_arm[a] / by_arm[b]:.2f}x** train samples/s{goal}")
+            per_round = [x / y for x, y in zip(by_arm[a], by_arm[b])]
+            spread = f" (median of {rounds} rounds: {', '.join(f'{x:.2f}' for x in per_round)})" if rounds > 1 else ""
+            ratios.append(f"- {a} / {b}: **{statistics.median(per_round):.2f}x** train samples/s{spread}{goal}")
     if setup.device == "cuda" and "textlora" in by_arm:
         # Projected from the timed window's rate: set-up (model load, tokenization) is reported apart.
         ratios.append(f"- a {AGNEWS_TRAIN_ROWS:,}-text AG News epoch at textlora's rate: "
-                      f"**{AGNEWS_TRAIN_ROWS / by_arm['textlora']:.1f} s** (target <= 15 s on an H100-class GPU)")
-    for r in results:
+                      f"**{AGNEWS_TRAIN_ROWS / statistics.median(by_arm['textlora']):.1f} s** "
+                      "(target <= 15 s on an H100-class GPU)")
+    for r in results[:len(by_arm)]:  # the cache is the same in every round
         if r.get("prefix_cache"):
             ratios.append(f"- {r['arm']}: prefix cache {json.dumps(r['prefix_cache'])} (built before the first "
                           "step: part of set-up)")
@@ -206,7 +224,8 @@ def report(args, setup: stacks.TrainSetup, results: list[dict], meta: dict) -> s
     window = (f"steps {meta['skip'] + 1}-{setup.steps} timed" if meta["skip"] else f"all {setup.steps} steps timed")
     text = bc.section_head(f"Training speed: {setup.device}, LoRA on {layers} ({Path(setup.model_dir).name})") + [
             f"{meta['rows']:,} real AG News train rows ({meta['data']}), batch {setup.batch_size}, "
-            f"{setup.steps} optimizer steps per arm ({window}); LoRA r={setup.lora_r} alpha={setup.lora_alpha:g} "
+            f"{setup.steps} optimizer steps per arm ({window}){_rounds_note(rounds, len(by_arm))}; "
+            f"LoRA r={setup.lora_r} alpha={setup.lora_alpha:g} "
             f"dropout {setup.lora_dropout} on {','.join(setup.targets)} of {layers}; AdamW lr {setup.lr:g}, "
             f"weight decay {setup.weight_decay}, linear schedule with {setup.warmup_ratio:g} warm-up, gradient "
             f"clipping {setup.max_grad_norm}, seed {setup.seed}. Every arm ran in its own process, with "
@@ -218,6 +237,10 @@ def report(args, setup: stacks.TrainSetup, results: list[dict], meta: dict) -> s
             f"last three logged training losses (logged every {setup.log_every} steps). Peak RSS: the arm's "
             "process (os.wait4)."]
     return "\n".join(text)
+
+
+def _rounds_note(rounds: int, arms: int) -> str:
+    return f", {rounds} rounds of the {arms} arms in turn" if rounds > 1 else ""
 
 
 def main(argv=None) -> int:
@@ -235,11 +258,14 @@ def main(argv=None) -> int:
     meta = json.loads((workdir / "setup.json").read_text())
     meta["threads"] = bc.limit_threads(args.threads)
     results = []
-    for arm in args.arm_list:
-        print(f"\n[bench] ---- arm {arm} ----", flush=True)
-        argv_child = ["--child", arm, "--workdir", str(workdir), "--bp-bf16", args.bp_bf16]
-        argv_child += [f"--textlora-override={o}" for o in args.textlora_override]
-        results.append(bc.run_child(Path(__file__).resolve(), argv_child, workdir / f"result-{arm}.json"))
+    for round_ in range(1, args.rounds + 1):
+        for arm in args.arm_list:
+            print(f"\n[bench] ---- arm {arm} (round {round_} of {args.rounds}) ----", flush=True)
+            argv_child = ["--child", arm, "--workdir", str(workdir), "--bp-bf16", args.bp_bf16]
+            argv_child += [f"--textlora-override={o}" for o in args.textlora_override]
+            name = f"result-{arm}.json" if args.rounds == 1 else f"result-{arm}-{round_}.json"
+            result = bc.run_child(Path(__file__).resolve(), argv_child, workdir / name)
+            results.append({**result, "round": round_})
     text = report(args, setup, results, meta)
     print("\n" + text)
     bc.save_json(workdir / "results.json", {"setup": meta, "results": results})

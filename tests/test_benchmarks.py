@@ -64,6 +64,28 @@ def test_train_speed_arms_train_the_same_setup_and_are_measured(speed_setup):
     assert "<!-- train_speed-cpu-all:end -->\n\n<!-- other:start -->" in written  # order and spacing kept
 
 
+def test_train_speed_rounds_give_per_round_ratios_and_their_median(speed_setup):
+    args, setup, workdir, _ = speed_setup
+    meta = {**json.loads((workdir / "setup.json").read_text()), "threads": "the test's threads"}
+
+    def result(arm: str, round_: int, rate: float) -> dict:
+        return {"arm": arm, "round": round_, "samples_per_s": rate, "real_tokens_per_s": rate * 50, "pad_ratio": 1.0,
+                "process_peak_rss_mb": 1.0, "final_loss": 0.5, "window_s": 1.0, "setup_s": 1.0,
+                "trainable_params": 10, "precision": "fp32"}
+
+    # Round 2 ran on a machine half as fast: each round's ratio is still 2x, the pooled rates would not say so.
+    rates = {1: {"textlora-cache": 400.0, "textlora-nocache": 200.0},
+             2: {"textlora-cache": 220.0, "textlora-nocache": 100.0},
+             3: {"textlora-cache": 380.0, "textlora-nocache": 200.0}}
+    results = [result(arm, r, rate) for r, arms in rates.items() for arm, rate in arms.items()]
+    text = train_speed.report(args, setup, results, meta)
+    assert "textlora-cache / textlora-nocache: **2.00x** train samples/s (median of 3 rounds: 2.00, 2.20, 1.90)" in text
+    assert "3 rounds of the 2 arms in turn" in text
+    assert "| textlora-cache | 2 | 220 |" in text
+    with pytest.raises(SystemExit):
+        train_speed.parse_args(["--rounds", "0"])
+
+
 def test_top_layout_puts_lora_on_the_top_third_and_from_epoch_skips_whole_epochs(tmp_path, tiny_model_dir):
     args = train_speed.parse_args(["--model", str(tiny_model_dir), "--data", str(AGNEWS_SMALL), "--steps", "6",
                                    "--rows", "16", "--batch-size", "8", "--lora-layout", "top", "--from-epoch", "2",
