@@ -182,14 +182,18 @@ def main(argv=None) -> int:
 
 
 def paired_difference(results: list[dict], arm: str, baseline: str, test_count: int) -> str:
-    """Mean of the per-seed accuracy differences ``arm - baseline``, with its standard error."""
+    """Mean of the per-seed accuracy differences ``arm - baseline``, its standard error and 95% interval (t)."""
+    from scipy.stats import t as student_t
+
     by_seed = {(r["arm"], r["seed"]): r["test_accuracy"] for r in results}
     diffs = np.array([by_seed[arm, seed] - by_seed[baseline, seed] for a, seed in by_seed
                       if a == arm and (baseline, seed) in by_seed])
     error = diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    half_width = student_t.ppf(0.975, len(diffs) - 1) * error if len(diffs) > 1 else float("nan")
     target = "; target: >= 0" if baseline == "notebook" else ""
     return (f"- {arm} - {baseline}, paired by seed: {diffs.mean():+.4f} +/- {error:.4f} (standard error over "
-            f"{len(diffs)} seeds; {diffs.mean() * test_count:+.0f} of {test_count:,} test rows{target}); "
+            f"{len(diffs)} seeds; 95% interval {diffs.mean() - half_width:+.4f} to {diffs.mean() + half_width:+.4f}; "
+            f"{diffs.mean() * test_count:+.0f} of {test_count:,} test rows{target}); "
             f"per seed {', '.join(f'{d:+.4f}' for d in diffs)}")
 
 

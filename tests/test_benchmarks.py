@@ -165,8 +165,10 @@ def test_accuracy_parity_pairs_differences_by_seed():
         ("notebook", 1, 0.80), ("textlora", 1, 0.81), ("notebook", 2, 0.90), ("textlora", 2, 0.89),
         ("notebook", 3, 0.85), ("textlora", 3, 0.88), ("textlora", 4, 0.99))]  # seed 4 has no pair: left out
     line = accuracy_parity.paired_difference(results, "textlora", "notebook", 100)
-    # differences +0.01, -0.01, +0.03: mean +0.01, sample std 0.02, standard error 0.02 / sqrt(3)
+    # differences +0.01, -0.01, +0.03: mean +0.01, sample std 0.02, standard error 0.02 / sqrt(3);
+    # 95% interval: +/- t(0.975, 2 degrees of freedom) = 4.303 standard errors
     assert "+0.0100 +/- 0.0115" in line and "3 seeds" in line and "+1 of 100 test rows" in line
+    assert "95% interval -0.0397 to +0.0597" in line
     assert "per seed +0.0100, -0.0100, +0.0300" in line
 
 
