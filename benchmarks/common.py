@@ -282,9 +282,53 @@ def limit_threads(threads: Optional[int]) -> str:
     return f"torch's default CPU threads per process ({os.cpu_count()} cores)"
 
 
-def run_child(script: Path, argv: Sequence[str], result: Path) -> dict:
+ALLOCATORS = ("tcmalloc", "jemalloc")
+"""Allocators an arm can run on, named as a suffix: ``textlora+tcmalloc`` (no suffix: glibc's malloc)."""
+
+
+def split_allocator(arm: str) -> tuple[str, Optional[str]]:
+    """``"textlora+tcmalloc"`` -> ``("textlora", "tcmalloc")``; ``"textlora"`` -> ``("textlora", None)``."""
+    base, _, allocator = arm.partition("+")
+    return base, allocator or None
+
+
+def check_arms(arms: Sequence[str], known: Sequence[str]) -> list[str]:
+    """The arms that are not ``known`` base arms with an optional ``+tcmalloc``/``+jemalloc`` (or that lack it)."""
+    from textlora.allocator import find_library
+
+    bad = []
+    for arm in arms:
+        base, allocator = split_allocator(arm)
+        if base not in known or (allocator is not None and allocator not in ALLOCATORS):
+            bad.append(arm)
+        elif allocator is not None and find_library(allocator) is None:
+            bad.append(f"{arm} ({allocator} is not installed)")
+    return bad
+
+
+def allocator_env(arm: str) -> dict:
+    """Environment for an arm's process: its allocator preloaded, or none (glibc) even if this process has one."""
+    from textlora.allocator import find_library, preload_env
+
+    allocator = split_allocator(arm)[1]
+    if allocator is None:
+        return {"LD_PRELOAD": ""}
+    return preload_env(find_library(allocator), {})
+
+
+def check_allocator(arm: str) -> str:
+    """In an arm's process: the allocator it runs on (``glibc`` or the suffix's), or exit if that did not load."""
+    from textlora.allocator import loaded
+
+    wanted, running = split_allocator(arm)[1], loaded()
+    if wanted != running:
+        raise SystemExit(f"arm {arm} runs on {running or 'glibc malloc'}, not {wanted or 'glibc malloc'}")
+    return running or "glibc"
+
+
+def run_child(script: Path, argv: Sequence[str], result: Path, env: Optional[dict] = None) -> dict:
     """Run ``script --child ... --result FILE`` in its own process; returns its JSON plus wall and peak RSS."""
-    measured = run_measured([sys.executable, str(script), *argv, "--result", str(result)])
+    measured = run_measured([sys.executable, str(script), *argv, "--result", str(result)], env)
     if measured["returncode"] != 0 or not result.is_file():
         raise SystemExit(f"arm {' '.join(argv)} failed with exit code {measured['returncode']} (see its output above)")
     data = json.loads(result.read_text())

@@ -41,6 +41,7 @@ import sys
 import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Optional
 
 if __package__ in (None, ""):  # run as a file: python benchmarks/train_speed.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -83,9 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.arm_list = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = [a for a in args.arm_list if a not in ARMS]
+    unknown = bc.check_arms(args.arm_list, ARMS)
     if unknown:
-        p.error(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+        p.error(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}, each optionally with "
+                f"+{' or +'.join(bc.ALLOCATORS)} (that allocator preloaded)")
     if args.rounds < 1:
         p.error(f"--rounds must be >= 1, got {args.rounds}")
     return args
@@ -96,16 +98,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run_arm(arm: str, setup: stacks.TrainSetup, workdir: Path, skip: int, bp_bf16: str = "auto",
             extra_overrides: tuple[str, ...] = (), started: float = PROCESS_START) -> dict:
     """Train one arm on ``workdir/train.csv``; returns its measurements."""
+    allocator = bc.check_allocator(arm)
+    base = bc.split_allocator(arm)[0]
     meter = bc.StepMeter(total_steps=setup.steps, skip=skip, cuda=setup.device == "cuda")
-    if arm in ("notebook", "best-practice"):
-        result = _trainer_arm(arm, setup, workdir, meter, bp_bf16)
+    if base in ("notebook", "best-practice"):
+        result = _trainer_arm(base, setup, workdir, meter, bp_bf16)
     else:
-        overrides = stacks.TEXTLORA_ARM_OVERRIDES.get(arm, ()) + tuple(extra_overrides)
+        overrides = stacks.TEXTLORA_ARM_OVERRIDES.get(base, ()) + tuple(extra_overrides)
         result = _textlora_arm(arm, setup, workdir, meter, overrides)
     meter.stop()
     window = meter.window(setup.batch_size)
     first = meter.first_forward or (meter.marks[0][0] if meter.marks else time.perf_counter())
-    return {"arm": arm, **result, **window, "setup_s": round(first - started, 2),
+    return {"arm": arm, "allocator": allocator, **result, **window, "setup_s": round(first - started, 2),
             "wall_s": round(time.perf_counter() - started, 2), "trainable_params": meter.trainable,
             "final_loss": bc.mean_last(result.pop("losses")), **bc.peak_memory_mb()}
 
@@ -200,17 +204,30 @@ def report(args, setup: stacks.TrainSetup, results: list[dict], meta: dict) -> s
     by_arm: dict[str, list[float]] = {}
     for r in results:
         by_arm.setdefault(r["arm"], []).append(r["samples_per_s"])
-    ratios = []
-    for a, b, target in (("textlora", "notebook", "8x on CPU, all-layer LoRA"),
-                         ("textlora", "best-practice", "1.5x on CPU, all-layer LoRA"),
-                         ("textlora", "textlora-fp32", None),
-                         ("textlora", "textlora-torch-dropout", None),
-                         ("textlora-cache", "textlora-nocache", "2.5x, top-layer LoRA")):
-        if a in by_arm and b in by_arm:
+    ratios, compared = [], set()
+
+    def add_ratio(a: str, b: str, target: Optional[str]) -> None:
+        if a in by_arm and b in by_arm and (a, b) not in compared:
+            compared.add((a, b))
             goal = f" (target >= {target})" if target else ""
             per_round = [x / y for x, y in zip(by_arm[a], by_arm[b])]
             spread = f" (median of {rounds} rounds: {', '.join(f'{x:.2f}' for x in per_round)})" if rounds > 1 else ""
             ratios.append(f"- {a} / {b}: **{statistics.median(per_round):.2f}x** train samples/s{spread}{goal}")
+
+    pairs = (("textlora", "notebook", "8x on CPU, all-layer LoRA"),
+             ("textlora", "best-practice", "1.5x on CPU, all-layer LoRA"),
+             ("textlora", "textlora-fp32", None),
+             ("textlora", "textlora-torch-dropout", None),
+             ("textlora-cache", "textlora-nocache", "2.5x, top-layer LoRA"))
+    for suffix in ("", *(f"+{name}" for name in bc.ALLOCATORS)):  # both arms on the same allocator
+        for a, b, target in pairs:
+            add_ratio(a + suffix, b + suffix, target)
+    for suffix in (f"+{name}" for name in bc.ALLOCATORS):
+        for a, b, target in pairs[:2]:  # textlora as its command runs, the Trainers as they run by default
+            add_ratio(a + suffix, b, target)
+    for arm in list(by_arm):  # each allocator's own gain
+        if bc.split_allocator(arm)[1]:
+            add_ratio(arm, bc.split_allocator(arm)[0], None)
     if setup.device == "cuda" and "textlora" in by_arm:
         # Projected from the timed window's rate: set-up (model load, tokenization) is reported apart.
         ratios.append(f"- a {AGNEWS_TRAIN_ROWS:,}-text AG News epoch at textlora's rate: "
@@ -264,7 +281,7 @@ def main(argv=None) -> int:
             argv_child = ["--child", arm, "--workdir", str(workdir), "--bp-bf16", args.bp_bf16]
             argv_child += [f"--textlora-override={o}" for o in args.textlora_override]
             name = f"result-{arm}.json" if args.rounds == 1 else f"result-{arm}-{round_}.json"
-            result = bc.run_child(Path(__file__).resolve(), argv_child, workdir / name)
+            result = bc.run_child(Path(__file__).resolve(), argv_child, workdir / name, bc.allocator_env(arm))
             results.append({**result, "round": round_})
     text = report(args, setup, results, meta)
     print("\n" + text)

@@ -86,6 +86,44 @@ def test_train_speed_rounds_give_per_round_ratios_and_their_median(speed_setup):
         train_speed.parse_args(["--rounds", "0"])
 
 
+def test_allocator_arms_are_compared_on_the_same_allocator_and_against_the_default(speed_setup):
+    args, setup, workdir, _ = speed_setup
+    meta = {**json.loads((workdir / "setup.json").read_text()), "threads": "the test's threads"}
+    rates = {"best-practice": 100.0, "best-practice+tcmalloc": 110.0, "textlora": 170.0, "textlora+tcmalloc": 231.0}
+    results = [{"arm": arm, "round": 1, "samples_per_s": rate, "real_tokens_per_s": rate * 50, "pad_ratio": 1.0,
+                "process_peak_rss_mb": 1.0, "final_loss": 0.5, "window_s": 1.0, "setup_s": 1.0,
+                "trainable_params": 10, "precision": "fp32"} for arm, rate in rates.items()]
+    ratios = [line for line in train_speed.report(args, setup, results, meta).splitlines() if line.startswith("- ")]
+    assert ratios == [
+        "- textlora / best-practice: **1.70x** train samples/s (target >= 1.5x on CPU, all-layer LoRA)",
+        "- textlora+tcmalloc / best-practice+tcmalloc: **2.10x** train samples/s (target >= 1.5x on CPU, all-layer LoRA)",
+        "- textlora+tcmalloc / best-practice: **2.31x** train samples/s (target >= 1.5x on CPU, all-layer LoRA)",
+        "- best-practice+tcmalloc / best-practice: **1.10x** train samples/s",
+        "- textlora+tcmalloc / textlora: **1.36x** train samples/s"]
+    with pytest.raises(SystemExit):
+        train_speed.parse_args(["--arms", "textlora+mimalloc"])
+
+
+def test_an_arm_that_is_not_on_its_allocator_stops(speed_setup):
+    _, setup, workdir, skip = speed_setup
+    with pytest.raises(SystemExit, match="arm textlora\\+tcmalloc runs on glibc malloc, not tcmalloc"):
+        train_speed.run_arm("textlora+tcmalloc", setup, workdir, skip)  # this process was started without it
+
+
+@pytest.mark.skipif(bc.check_arms(["x+tcmalloc"], ["x"]) != [], reason="tcmalloc is not installed")
+def test_allocator_env_starts_an_arm_on_its_allocator_and_a_plain_arm_on_glibc(tmp_path, monkeypatch):
+    from textlora.allocator import find_library
+
+    monkeypatch.setenv("LD_PRELOAD", find_library("tcmalloc"))  # a plain arm drops the benchmark's own preload
+    probe = ("import sys; from benchmarks.common import check_allocator; "
+             "open(sys.argv[2], 'w').write(check_allocator(sys.argv[1]))")
+    for arm, expected in (("x+tcmalloc", "tcmalloc"), ("x", "glibc")):
+        out = tmp_path / f"{expected}.txt"
+        env = {**bc.allocator_env(arm), "PYTHONPATH": str(bc.REPO)}
+        measured = bc.run_measured([sys.executable, "-c", probe, arm, str(out)], env)
+        assert measured["returncode"] == 0 and out.read_text() == expected, arm
+
+
 def test_top_layout_puts_lora_on_the_top_third_and_from_epoch_skips_whole_epochs(tmp_path, tiny_model_dir):
     args = train_speed.parse_args(["--model", str(tiny_model_dir), "--data", str(AGNEWS_SMALL), "--steps", "6",
                                    "--rows", "16", "--batch-size", "8", "--lora-layout", "top", "--from-epoch", "2",

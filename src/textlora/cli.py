@@ -12,6 +12,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from . import allocator
 from .errors import RunFolderError, TextloraError
 
 
@@ -255,6 +256,12 @@ COMMANDS = {
 
 
 def main(argv=None) -> int:
+    if argv is None:  # the real command line (not a call from Python): run on tcmalloc where installed
+        try:
+            allocator.reexec_with_fast_allocator()
+        except TextloraError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     # Tokenizer worker threads fight the training threads for 2 CPU cores; one is plenty here.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

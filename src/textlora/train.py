@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
+from . import allocator
 from . import checkpoint as ckpt
 from . import cpu_dropout
 from .batching import make_loader
@@ -84,6 +85,8 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
         print(f"[model] {cpu_dropout.install(built.model)}")
     print(f"[train] {accelerator.device}, {precision_name(accelerator.mixed_precision)} "
           f"(train.mixed_precision={config.train.mixed_precision})")
+    if accelerator.device.type == "cpu":
+        print(f"[train] {allocator.note()}")
     tokenizer = load_tokenizer(config.model.name_or_path)
     run_dir = resume if resume is not None else (new_run_dir(config, config_name) if main else None)
     run_dir = Path(_broadcast(accelerator, str(run_dir) if run_dir else ""))
