@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import tempfile
 import time
@@ -206,6 +207,14 @@ def count_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
 
 
+def _cli_allocator() -> str:
+    """The allocator ``textlora`` runs on from this environment (it re-executes itself on tcmalloc/jemalloc)."""
+    from textlora import allocator
+
+    library = allocator.resolve(os.environ.get(allocator.ENV, "auto"))
+    return f"{library} ({allocator.ENV}={os.environ.get(allocator.ENV, 'auto')})" if library else "glibc malloc"
+
+
 def memory_scaling(args, workdir: Path) -> str:
     data = Path(args.data) if args.data else bc.default_train_data()
     run_dir = Path(args.run) if args.real_model else tiny_run(workdir, data)
@@ -233,8 +242,8 @@ def memory_scaling(args, workdir: Path) -> str:
         "a tiny randomly initialised 2-layer BERT (hidden 32, MiniLM tokenizer, vocabulary 30,522) trained one step"
     text = bc.section_head(f"Predict memory as rows grow ({args.device})") + [
             f"`textlora predict` in a fresh process per size on a CSV of rows drawn with replacement from the "
-            f"{len(pool.texts):,} real AG News texts of {data}; model: {model}; {args.threads_note}. "
-            "Peak RSS from os.wait4.", "",
+            f"{len(pool.texts):,} real AG News texts of {data}; model: {model}; {args.threads_note}; "
+            f"the command's memory allocator: {_cli_allocator()}. Peak RSS from os.wait4.", "",
             bc.markdown_table(["rows", "CSV (MB)", "peak RSS (MB)", "wall s", "rows/s"], table), "",
             f"- peak RSS grew {last - first:+,.0f} MB ({last / first:.2f}x) from {sizes[0]:,} to {sizes[-1]:,} rows; "
             f"{last / 1024:.2f} GB at {sizes[-1]:,} rows (target < 2 GB at 1M rows, flat as rows grow)."]
