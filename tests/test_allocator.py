@@ -1,5 +1,6 @@
 """The ``textlora`` command re-executes itself on tcmalloc/jemalloc (TEXTLORA_ALLOCATOR), once, or says why not."""
 
+import json
 import os
 import subprocess
 import sys
@@ -106,4 +107,5 @@ def test_textlora_train_runs_on_tcmalloc_and_says_so(tmp_path, tiny_model_dir):
     result = _child(command, HF_HUB_OFFLINE="1")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[train] memory allocator: tcmalloc (TEXTLORA_ALLOCATOR=auto; system = glibc malloc)" in result.stdout
-    assert (tmp_path / "runs" / "tiny" / "summary.json").is_file()
+    summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
+    assert summary["memory_allocator"] == "tcmalloc"
