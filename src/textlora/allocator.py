@@ -31,8 +31,8 @@ LIBRARIES = {
     "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libtcmalloc_minimal.so", "libtcmalloc.so"),
     "jemalloc": ("libjemalloc.so.2", "libjemalloc.so"),
 }
-INSTALL_HINT = ("apt install libtcmalloc-minimal4 (Debian/Ubuntu), dnf install gperftools-libs (Fedora), "
-                "or conda install gperftools")
+INSTALL_HINT = ("apt install libtcmalloc-minimal4 (Debian 12, Ubuntu 22.04; libtcmalloc-minimal4t64 on Debian 13, "
+                "Ubuntu 24.04), dnf install gperftools-libs (Fedora), or conda install gperftools")
 CHOICES = ("auto", "tcmalloc", "jemalloc", "system")
 
 
