@@ -69,10 +69,15 @@ def test_preload_env_puts_the_library_first_and_keeps_the_users_settings():
 
 @pytest.mark.skipif(LIBM is None, reason="no libm.so.6 at a known path")
 def test_the_process_re_executes_once_with_the_library_preloaded():
-    # libm is no allocator, so after the re-exec nothing fast is loaded: only the guard stops a second exec.
+    # libm stands in for an allocator given by its path: the log names the file it preloaded.
     result = _child(REPORT, TEXTLORA_ALLOCATOR=LIBM)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"None|{LIBM}|{LIBM}"
+    assert result.stdout.strip() == f"libm.so.6|{LIBM}|{LIBM}"
+    # A library that cannot be preloaded (ld.so says so and goes on) is tried once, not in a loop.
+    result = _child(REPORT, TEXTLORA_ALLOCATOR=__file__)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"None|{__file__}|{__file__}"
+    assert "cannot be preloaded" in result.stderr
 
 
 def test_system_leaves_the_process_alone():

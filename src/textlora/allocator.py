@@ -1,10 +1,11 @@
-"""The process's memory allocator: tcmalloc when it is installed, because CPU training is much faster with it.
+"""The process's memory allocator: tcmalloc when it is installed, because CPU training is 1.2-1.3x faster on it.
 
 A training step on the CPU allocates and frees hundreds of activation tensors whose sizes change with
 every batch's length. glibc's malloc hands each large block back to the kernel and faults fresh pages
 in for the next one, and its heap fragments over a run: on a 2-core CPU the quickstart trained at
-~100 samples/s falling to ~90 with glibc, ~135 flat with tcmalloc, and its peak RSS went from 3.2 to
-1.8 GB (BENCHMARKS.md, "Memory allocator"). PyTorch's own CPU tuning guide recommends the same.
+111 samples/s over its first 100 steps and 95-102 after step 250 on glibc, at 136 throughout on
+tcmalloc, and its peak RSS went from 3.2 to 1.8 GB (BENCHMARKS.md, "Memory allocator"). PyTorch's
+own CPU tuning guide recommends the same.
 
 An allocator can only be chosen before a process starts (``LD_PRELOAD``), so the ``textlora`` command
 re-executes itself once with the library preloaded (:func:`reexec_with_fast_allocator`). The
@@ -46,7 +47,7 @@ def _search_dirs() -> list[Path]:
 
 
 def find_library(kind: str) -> Optional[str]:
-    """Absolute path of an installed ``tcmalloc`` or ``jemalloc`` shared library, or None."""
+    """Path (or, from ldconfig's cache, soname) of an installed ``tcmalloc`` or ``jemalloc`` library, or None."""
     for directory in _search_dirs():
         for name in LIBRARIES[kind]:
             if (directory / name).is_file():
@@ -84,15 +85,20 @@ def resolve(choice: str) -> Optional[str]:
 
 
 def loaded() -> Optional[str]:
-    """``tcmalloc`` or ``jemalloc`` when that library is mapped into this process, else None (glibc malloc)."""
+    """The allocator mapped into this process, else None (glibc malloc).
+
+    ``tcmalloc``, ``jemalloc`` or ``mimalloc``, or the file name of a library that ``TEXTLORA_ALLOCATOR``
+    named by its path.
+    """
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return None
-    for kind in LIBRARIES:
+    for kind in (*LIBRARIES, "mimalloc"):
         if f"lib{kind}" in maps:
             return kind
-    return None
+    named = Path(os.environ.get(_TRIED, "")).name
+    return named if named and f"/{named}" in maps else None
 
 
 def preload_env(library: Optional[str], env: Optional[Mapping[str, str]] = None) -> dict:
