@@ -133,10 +133,10 @@ def reexec_with_fast_allocator() -> None:
 
 def note() -> str:
     """One line for a log: which allocator this process runs with, and how to change it."""
-    kind = loaded()
+    kind, choice = loaded(), os.environ.get(ENV, "auto")
     if kind is not None:
-        return f"memory allocator: {kind} ({ENV}={os.environ.get(ENV, 'auto')}; system = glibc malloc)"
-    if os.environ.get(ENV, "auto") == "system":
+        return f"memory allocator: {kind} ({ENV}={choice}; system = glibc malloc)"
+    if choice == "system":
         return f"memory allocator: glibc malloc ({ENV}=system)"
     if not sys.platform.startswith("linux"):
         return "memory allocator: the platform's own"

@@ -164,7 +164,8 @@ def _finish(loop: TrainLoop, data: TrainingData, tokenizer, trainable: int, star
     summary = {"run_dir": str(run_dir), "best_metric": loop.cfg.metric_for_best, "best_value": state.best_metric,
                "best_step": state.best_step, "steps": state.step, "validation_accuracy": metrics["accuracy"],
                "device": str(accelerator.device), "precision": precision_name(accelerator.mixed_precision),
-               "memory_allocator": allocator.loaded() or "system", "trainable_params": trainable, "train_seconds": round(state.train_seconds, 2),
+               "memory_allocator": allocator.loaded() or "system",
+               "trainable_params": trainable, "train_seconds": round(state.train_seconds, 2),
                "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
                "train_tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1)}
     if loop.train_cache is not None:
