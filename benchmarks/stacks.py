@@ -145,12 +145,13 @@ def trainer_losses(trainer) -> list[float]:
 
 # textlora arms with one setting forced: fp32 (to isolate what train.mixed_precision=auto gives: bf16 on GPUs
 # and on CPUs with AMX), the frozen-prefix cache on / off, batches of random rows instead of length-grouped ones,
-# torch's own dropout instead of textlora's CPU masks.
+# torch's own dropout instead of textlora's CPU masks, torch.compile on.
 # Plain "textlora" keeps every default.
 TEXTLORA_ARM_OVERRIDES = {"textlora-fp32": ("train.mixed_precision=no",), "textlora-cache": ("train.prefix_cache=on",),
                           "textlora-nocache": ("train.prefix_cache=off",),
                           "textlora-random-batches": ("train.length_pool_batches=1",),
-                          "textlora-torch-dropout": ("train.fast_cpu_dropout=false",)}
+                          "textlora-torch-dropout": ("train.fast_cpu_dropout=false",),
+                          "textlora-compile": ("train.compile=true",)}
 
 
 def textlora_overrides(setup: TrainSetup, train_csv: Path, val_csv: Path, output_dir: Path, run_name: str,

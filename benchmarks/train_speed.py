@@ -18,6 +18,8 @@ gradient clipping and seed:
   CPUs with AMX and on GPUs);
 - ``textlora-torch-dropout``: textlora with torch's own dropout (``train.fast_cpu_dropout=false``), to
   isolate what its CPU dropout masks give;
+- ``textlora-compile``: textlora with ``train.compile=true`` (``torch.compile``, inductor); its first
+  steps compile, so give it enough ``--steps`` beyond ``--skip-steps`` on a GPU;
 - ``textlora-cache`` / ``textlora-nocache``: textlora with the frozen-prefix cache forced on / off
   (``stacks.TEXTLORA_ARM_OVERRIDES``), for the top-layer layout (plain ``textlora`` keeps its default).
 
@@ -51,7 +53,7 @@ from benchmarks import stacks
 
 AGNEWS_TRAIN_ROWS = 120_000  # the full AG News train split, for the GPU epoch-time projection
 ARMS = ("notebook", "best-practice", "textlora", "textlora-fp32", "textlora-torch-dropout", "textlora-cache",
-        "textlora-nocache")
+        "textlora-nocache", "textlora-compile")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -218,6 +220,7 @@ def report(args, setup: stacks.TrainSetup, results: list[dict], meta: dict) -> s
              ("textlora", "best-practice", "1.5x on CPU, all-layer LoRA"),
              ("textlora", "textlora-fp32", None),
              ("textlora", "textlora-torch-dropout", None),
+             ("textlora-compile", "textlora", None),
              ("textlora-cache", "textlora-nocache", "2.5x, top-layer LoRA"))
     for suffix in ("", *(f"+{name}" for name in bc.ALLOCATORS)):  # both arms on the same allocator
         for a, b, target in pairs:

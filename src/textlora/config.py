@@ -228,7 +228,8 @@ class TrainConfig:
     prefix_cache_max_gb: float = 4.0
     """Largest prefix cache allowed, in GB (estimate: real tokens x hidden size x 2 bytes)."""
     compile: bool = False
-    """``torch.compile`` the model (GPU; pays off on long runs; first steps are slower while it compiles)."""
+    """``torch.compile`` the model (GPU; pays off on long runs; first steps are slower while it compiles). On CPU it
+    was measured slower than without it (0.92x, BENCHMARKS.md), and the train log says so."""
     fast_cpu_dropout: bool = True
     """Training on CPU: dropout masks (hidden states, LoRA inputs, head and, for BERT-style models, attention
     probabilities in textlora's own attention function instead of SDPA's math path) from 15-bit integers of torch's

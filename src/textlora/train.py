@@ -41,6 +41,12 @@ from .token_cache import tokenize_cached
 from .trackers import check_trackers, end_trackers, start_trackers
 
 
+CPU_COMPILE_NOTE = ("train.compile=true on CPU: measured 0.92x the speed without it (BENCHMARKS.md, "
+                    "train_speed-cpu-compile). The graph breaks at textlora's CPU dropout masks; with torch's "
+                    "dropout (train.fast_cpu_dropout=false) it compiles whole, but inductor's CPU dropout is "
+                    "slower than the masks. It is meant for GPUs.")
+
+
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """Accelerator for ``cfg.device`` with the precision ``cfg.mixed_precision`` resolves to."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -87,6 +93,8 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
           f"(train.mixed_precision={config.train.mixed_precision})")
     if accelerator.device.type == "cpu":
         print(f"[train] {allocator.note()}")
+        if config.train.compile:
+            print(f"[train] {CPU_COMPILE_NOTE}")
     tokenizer = load_tokenizer(config.model.name_or_path)
     run_dir = resume if resume is not None else (new_run_dir(config, config_name) if main else None)
     run_dir = Path(_broadcast(accelerator, str(run_dir) if run_dir else ""))
