@@ -1,7 +1,9 @@
 """``train.compile``: a compiled model trains, its run folder holds the trained adapter, and CPU runs are warned."""
 
 import json
+import shutil
 
+import pytest
 from safetensors.torch import load_file
 
 from textlora.cli import main
@@ -10,6 +12,8 @@ from textlora.train import CPU_COMPILE_NOTE
 from .conftest import write_tiny_config
 
 
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
+                    reason="torch.compile's inductor needs a C++ compiler on CPU")
 def test_a_compiled_model_trains_and_its_run_folder_is_usable(tmp_path, tiny_model_dir, capsys):
     # ~1 minute on 2 cores, most of it inductor compiling the tiny model's forward and backward.
     config = write_tiny_config(tmp_path / "tiny.yaml", tiny_model_dir, tmp_path / "runs",
