@@ -6,6 +6,7 @@ sections are written and replaced.
 """
 
 import csv
+import dataclasses
 import json
 import math
 import sys
@@ -102,6 +103,21 @@ def test_allocator_arms_are_compared_on_the_same_allocator_and_against_the_defau
         "- textlora+tcmalloc / textlora: **1.36x** train samples/s"]
     with pytest.raises(SystemExit):
         train_speed.parse_args(["--arms", "textlora+mimalloc"])
+
+
+def test_a_gpu_run_projects_the_epoch_time_of_textlora_with_and_without_compile(speed_setup):
+    args, setup, workdir, _ = speed_setup
+    meta = {**json.loads((workdir / "setup.json").read_text()), "threads": "the test's threads"}
+    rates = {"textlora": 6000.0, "textlora-compile": 8000.0}
+    results = [{"arm": arm, "round": 1, "samples_per_s": rate, "real_tokens_per_s": rate * 50, "pad_ratio": 1.0,
+                "process_peak_rss_mb": 1.0, "peak_cuda_mb": 1.0, "final_loss": 0.5, "window_s": 1.0,
+                "setup_s": 1.0, "trainable_params": 10, "precision": "bf16"} for arm, rate in rates.items()]
+    ratios = [line for line in train_speed.report(args, dataclasses.replace(setup, device="cuda"), results, meta)
+              .splitlines() if line.startswith("- ")]
+    assert ratios == [
+        "- textlora-compile / textlora: **1.33x** train samples/s",
+        "- a 120,000-text AG News epoch at textlora's rate: **20.0 s** (target <= 15 s on an H100-class GPU)",
+        "- a 120,000-text AG News epoch at textlora-compile's rate: **15.0 s** (target <= 15 s on an H100-class GPU)"]
 
 
 def test_an_arm_that_is_not_on_its_allocator_stops(speed_setup):
