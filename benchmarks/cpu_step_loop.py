@@ -47,7 +47,7 @@ def _rss_gb() -> float:
         return int(statm.read().split()[1]) * 4096 / 1e9
 
 
-def _setup(model_dir: str, rows: int):
+def training_steps(model_dir: str, rows: int):
     """Model, optimizer, one step function, batches in a shuffled length-sorted order."""
     import torch
     from transformers import AutoTokenizer
@@ -88,22 +88,30 @@ def _setup(model_dir: str, rows: int):
     return model, step, batches, f"{note}; {precision_name(precision)}"
 
 
+def alternate_windows(step, batches, arms: dict, window: int, rounds: int) -> dict:
+    """samples/s per arm: ``arms`` maps a name to a function that switches the model to it; each round
+    runs ``window`` steps per arm on the same batches, in reversed order every other round (so that no arm
+    always runs first); round 0 warms up and is not counted."""
+    totals = {name: [0, 0.0] for name in arms}
+    for round_ in range(rounds + 1):
+        batch_window = [batches[(round_ * window + i) % len(batches)] for i in range(window)]
+        for name, switch in (reversed(arms.items()) if round_ % 2 else arms.items()):
+            switch()
+            started = time.perf_counter()
+            samples = sum(step(batch) for batch in batch_window)
+            if round_:
+                totals[name][0] += samples
+                totals[name][1] += time.perf_counter() - started
+    return {name: s / t for name, (s, t) in totals.items()}
+
+
 def _alternate(args) -> dict:
     from textlora.prefix_cache import stock_classifier
 
-    model, step, batches, note = _setup(args.model, args.rows)
+    model, step, batches, note = training_steps(args.model, args.rows)
     config = stock_classifier(model).config
-    totals = {name: [0, 0.0] for name in MODES}
-    for round_ in range(args.rounds + 1):
-        window = [batches[(round_ * args.window + i) % len(batches)] for i in range(args.window)]
-        for name in MODES:
-            _use(config, name)
-            started = time.perf_counter()
-            samples = sum(step(batch) for batch in window)
-            if round_:  # round 0 warms up
-                totals[name][0] += samples
-                totals[name][1] += time.perf_counter() - started
-    return {"note": note, "samples_per_s": {name: s / t for name, (s, t) in totals.items()}}
+    arms = {name: (lambda name=name: _use(config, name)) for name in MODES}
+    return {"note": note, "samples_per_s": alternate_windows(step, batches, arms, args.window, args.rounds)}
 
 
 def _drift(args) -> dict:
@@ -111,7 +119,7 @@ def _drift(args) -> dict:
 
     from textlora.prefix_cache import stock_classifier
 
-    model, step, batches, note = _setup(args.model, args.rows)
+    model, step, batches, note = training_steps(args.model, args.rows)
     _use(stock_classifier(model).config, args.attention)
     windows, samples, started = [], 0, time.perf_counter()
     for index in range(args.drift_steps):

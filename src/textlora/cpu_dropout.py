@@ -86,6 +86,16 @@ class CPUDropout(torch.nn.Dropout):
         return fast_dropout(x, self.p, self.training)
 
 
+def _as_factor(keep: torch.Tensor) -> torch.Tensor:
+    """A boolean mask as 0/1 bytes, to multiply by: the same products, about half the time.
+
+    ``bf16 * bool`` converts the whole mask to bf16 first (a copy of ``[B, heads, T, T]``);
+    ``bf16 * uint8`` converts inside the multiplication: 0.58 vs 1.16 ms for ``[48, 12, 56, 56]``
+    on 2 cores; training steps 1.04x (BENCHMARKS.md, attention_mask_factor).
+    """
+    return keep.view(torch.uint8)
+
+
 def _probabilities(query, key, bias, scaling: float) -> torch.Tensor:
     """softmax(q k^T * scaling + bias) over the keys."""
     scores = torch.matmul(query * scaling, key.transpose(-1, -2))  # scaling q: [B,h,T,d], not [B,h,T,T]
@@ -108,7 +118,7 @@ class _AttentionCore(torch.autograd.Function):
         with torch.autocast("cpu", enabled=False):
             probs = _probabilities(query, key, bias, scaling)
             keep = keep_mask(probs.shape, p)
-            out = torch.matmul(probs.mul_(keep), value).mul_(1.0 / (1.0 - p))
+            out = torch.matmul(probs.mul_(_as_factor(keep)), value).mul_(1.0 / (1.0 - p))
         ctx.save_for_backward(query, key, value, bias, keep)
         ctx.p, ctx.scaling = p, scaling
         return out
@@ -122,9 +132,9 @@ class _AttentionCore(torch.autograd.Function):
             probs = _probabilities(query, key, bias, ctx.scaling)
             grad_out = grad_out.to(value.dtype) * (1.0 / (1.0 - ctx.p))
             if needs_value:
-                grad_value = torch.matmul((probs * keep).transpose(-1, -2), grad_out)
+                grad_value = torch.matmul((probs * _as_factor(keep)).transpose(-1, -2), grad_out)
             if needs_query or needs_key:
-                grad_probs = torch.matmul(grad_out, value.transpose(-1, -2)).mul_(keep)
+                grad_probs = torch.matmul(grad_out, value.transpose(-1, -2)).mul_(_as_factor(keep))
                 grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
                 del probs, grad_probs
                 if needs_query:
