@@ -233,7 +233,8 @@ def report(args, setup: stacks.TrainSetup, results: list[dict], meta: dict) -> s
             add_ratio(arm, bc.split_allocator(arm)[0], None)
     for arm in ("textlora", "textlora-compile"):
         if setup.device == "cuda" and arm in by_arm:
-            # Projected from the timed window's rate: set-up (model load, tokenization, compiling) is reported apart.
+            # From the timed window's rate: set-up (loading, tokenization) and the untimed first steps
+            # (where compiling happens) are left out.
             ratios.append(f"- a {AGNEWS_TRAIN_ROWS:,}-text AG News epoch at {arm}'s rate: "
                           f"**{AGNEWS_TRAIN_ROWS / statistics.median(by_arm[arm]):.1f} s** "
                           "(target <= 15 s on an H100-class GPU)")
