@@ -277,3 +277,18 @@ def test_attention_mask_factor_times_both_masks_and_restores_textloras(tiny_mode
     text = out.read_text()
     assert "| uint8 (textlora now) |" in text and "| bool (before) |" in text and "- uint8 vs bool: **" in text
     assert cpu_dropout._as_factor is now
+
+
+def test_alternate_windows_runs_every_arm_on_the_same_batches_and_takes_turns_going_first():
+    order, seen = [], {"a": [], "b": []}
+    current = {}
+
+    def step(batch) -> int:
+        seen[current["arm"]].append(batch)
+        return 1
+
+    arms = {name: (lambda name=name: (order.append(name), current.update(arm=name))) for name in ("a", "b")}
+    rates = cpu_step_loop.alternate_windows(step, list(range(5)), arms, window=2, rounds=2)
+    assert order == ["a", "b", "b", "a", "a", "b"]  # round 0 (warm-up), then reversed every other round
+    assert seen["a"] == seen["b"] == [0, 1, 2, 3, 4, 0]
+    assert set(rates) == {"a", "b"} and all(rate > 0 for rate in rates.values())
