@@ -174,9 +174,7 @@ def main(argv=None) -> int:
             argv_child = ["--child", arm, "--seed", str(seed), "--workdir", str(workdir)]
             results.append(bc.run_child(Path(__file__).resolve(), argv_child, result_file))
     text = report(args, setup, results, len(test_rows.texts), data, test)
-    print("\n" + text)
-    if args.out != "none":
-        bc.write_section(Path(args.out), args.section or f"accuracy_parity-{device}", text)
+    bc.publish_section(args.out, args.section or f"accuracy_parity-{device}", text)
     print(f"[bench] files in {workdir}")
     return 0
 

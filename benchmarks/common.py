@@ -401,6 +401,13 @@ BENCHMARKS_HEADER = ("# Benchmarks\n\nEvery section below is written by the scri
                      "command that produced it; run the command again to refresh the section.\n")
 
 
+def publish_section(out: str, key: str, body: str) -> None:
+    """Print a section, and write it into ``out`` (a markdown file) unless ``out`` is ``none``."""
+    print("\n" + body)
+    if out != "none":
+        write_section(Path(out), key, body)
+
+
 def write_section(path: Path, key: str, body: str) -> None:
     """Replace (or append) the section between ``<!-- KEY:start -->`` and ``<!-- KEY:end -->``, atomically."""
     from textlora.checkpoint import atomic_write_text

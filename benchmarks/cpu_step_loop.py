@@ -192,9 +192,7 @@ def main() -> None:
                  f"keeps): {trimmed}.", "",
                  f"- over all {args.drift_steps} steps, textlora's attention function vs SDPA: **{ours_long / sdpa_long:.2f}x** "
                  f"({ours_long:.1f} vs {sdpa_long:.1f} samples/s, mean of the 50-step windows)", ""]
-    print("\n".join(text))
-    if args.out != "none":
-        bc.write_section(Path(args.out), args.section, "\n".join(text))
+    bc.publish_section(args.out, args.section, "\n".join(text))
 
 
 if __name__ == "__main__":

@@ -268,9 +268,7 @@ def main(argv=None) -> int:
         text, section = memory_scaling(args, workdir), f"predict_memory-{args.device}"
     else:
         text, section = speed(args, workdir), f"predict_speed-{bc.pick_device(args.device)}"
-    print("\n" + text)
-    if args.out != "none":
-        bc.write_section(Path(args.out), section, text)
+    bc.publish_section(args.out, section, text)
     print(f"[bench] files in {workdir}")
     return 0
 

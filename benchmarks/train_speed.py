@@ -289,10 +289,8 @@ def main(argv=None) -> int:
             result = bc.run_child(Path(__file__).resolve(), argv_child, workdir / name, bc.allocator_env(arm))
             results.append({**result, "round": round_})
     text = report(args, setup, results, meta)
-    print("\n" + text)
     bc.save_json(workdir / "results.json", {"setup": meta, "results": results})
-    if args.out != "none":
-        bc.write_section(Path(args.out), args.section or f"train_speed-{setup.device}-{args.lora_layout}", text)
+    bc.publish_section(args.out, args.section or f"train_speed-{setup.device}-{args.lora_layout}", text)
     print(f"[bench] arm results and run folders in {workdir}")
     return 0
 
