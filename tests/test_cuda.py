@@ -24,7 +24,7 @@ from textlora.prefix_cache import PrefixCache, encoder_parts
 from textlora.train import CPU_COMPILE_NOTE
 
 from .conftest import AGNEWS_SMALL, write_tiny_config
-from .test_first_token import _batch, _classifier
+from .test_first_token import _classifier, assert_same_loss_and_gradients
 from .test_prefix_cache import LABELS, _random_tokens, _save_encoder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -114,14 +114,8 @@ def test_first_token_last_layer_matches_stock_with_sdpa_on_cuda(kind):
     stock = apply_head(_classifier(kind, "sdpa"), "standard").to(CUDA).train()
     restricted = copy.deepcopy(stock)
     assert restrict_last_layer(restricted, "standard")
-    ids, mask = (t.to(CUDA) for t in _batch(1 if kind == "roberta" else 0))
-    labels = torch.tensor([0, 1, 2, 3, 0], device=CUDA)
-    losses = [model(input_ids=ids, attention_mask=mask, labels=labels).loss for model in (stock, restricted)]
-    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-4)
-    for loss in losses:
-        loss.backward()
-    for (name, a), (_, b) in zip(stock.named_parameters(), restricted.named_parameters()):
-        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-3, msg=name)
+    assert_same_loss_and_gradients(stock, restricted, pad=1 if kind == "roberta" else 0, device="cuda", atol=1e-5,
+                                   grad_rtol=1e-3)
 
 
 def test_training_batches_are_pinned_for_the_copy_to_the_gpu():

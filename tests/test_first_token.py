@@ -41,16 +41,17 @@ def _batch(pad: int):
     return ids, mask
 
 
-def assert_same_loss_and_gradients(reference, candidate, pad: int = 0) -> None:
+def assert_same_loss_and_gradients(reference, candidate, pad: int = 0, device: str = "cpu", atol: float = 1e-6,
+                                   grad_rtol: float = 1e-4) -> None:
     """``candidate`` gives ``reference``'s loss and parameter gradients on a ragged, padded batch."""
-    ids, mask = _batch(pad)
-    labels = torch.tensor([0, 1, 2, 3, 0])
+    ids, mask = (t.to(device) for t in _batch(pad))
+    labels = torch.tensor([0, 1, 2, 3, 0], device=device)
     losses = [model(input_ids=ids, attention_mask=mask, labels=labels).loss for model in (reference, candidate)]
-    torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(losses[1], losses[0], atol=atol, rtol=1e-5)
     for loss in losses:
         loss.backward()
     for (name, a), (_, b) in zip(reference.named_parameters(), candidate.named_parameters()):
-        torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-4, msg=name)
+        torch.testing.assert_close(b.grad, a.grad, atol=atol, rtol=grad_rtol, msg=name)
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
