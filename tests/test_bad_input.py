@@ -81,6 +81,13 @@ def _parquet_all_blank(folder):
     return [f"data.train.path={path}", "data.train.column_names=null", "data.train.text_columns=[text]"]
 
 
+def _file_in_the_way(folder) -> Path:
+    """A regular file where a path needs a folder."""
+    path = folder / "afile"
+    path.write_text("keep me\n")
+    return path
+
+
 def _model_folder(config: dict, weights: bool = False):
     def make(folder):
         model = folder / "model"
@@ -133,6 +140,12 @@ TRAIN_CASES = {
     "model-without-weights": (_model_folder({"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2,
                                              "num_attention_heads": 4, "intermediate_size": 64}),
                               ["could not load pretrained weights", "weights"]),
+    "malformed-override": (lambda d: ["model.target_modules=[query,value"],
+                           ["override 'model.target_modules=[query,value'", "not valid YAML", "close every ["]),
+    "max-length-past-positions": (lambda d: ["model.max_length=1000"],  # the tiny BERT has 128 positions
+                                  ["model.max_length=1000", "cover 128 tokens", "model.max_length=128 or less"]),
+    "output-dir-through-a-file": (lambda d: [f"train.output_dir={_file_in_the_way(d)}/runs"],
+                                  ["Not a directory", "a part of the path is a file, not a folder"]),
 }
 
 
@@ -331,6 +344,50 @@ def test_bad_predict_output(messy_run, tmp_path, capsys, where, fragments):
     _fails_clearly(["predict", str(messy_run[0]), "--data", str(AGNEWS_SMALL), "--output", str(out)], capsys,
                    *fragments)
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("command, marker", [("report", "report.md"), ("compare", "compare.md")])
+def test_report_and_compare_replace_only_their_own_output_folders(messy_run, tmp_path, capsys, command, marker):
+    # Writing an output folder replaces it whole: pointed at a folder of other files (a run folder, say)
+    # that would delete them.
+    runs = [str(messy_run[0])] * (1 if command == "report" else 2)
+    victim = tmp_path / "victim-run"
+    shutil.copytree(messy_run[0], victim)
+    before = sorted(p.name for p in victim.iterdir())
+    _fails_clearly([command, *runs, "--output", str(victim)], capsys, str(victim), f"no {marker}",
+                   "would delete them", "choose a new or empty folder")
+    assert sorted(p.name for p in victim.iterdir()) == before
+    blocker = _file_in_the_way(tmp_path)
+    _fails_clearly([command, *runs, "--output", str(blocker)], capsys, f"{blocker} is a file", "path of a folder")
+    assert blocker.read_text() == "keep me\n"
+    # An empty folder, and then the command's own earlier output, are written (replaced) as before.
+    out = tmp_path / "out"
+    out.mkdir()
+    for _ in range(2):
+        assert main([command, *runs, "--output", str(out)]) == 0
+        assert (out / marker).is_file()
+    assert _leftovers(tmp_path) == []
+
+
+def test_outputs_under_a_file_are_one_clear_error(messy_run, tmp_path, capsys):
+    run, blocker = str(messy_run[0]), _file_in_the_way(tmp_path)
+    for argv in (["export", run, "--out", str(blocker)],
+                 ["export", run, "--out", str(blocker / "sub")],
+                 ["predict", run, "--data", str(AGNEWS_SMALL), "--output", str(blocker / "sub.csv")],
+                 ["evaluate", run, "--data", str(AGNEWS_SMALL), "--output", str(blocker / "eval.json")]):
+        message = _fails_clearly(argv, capsys, str(blocker))
+        assert any(reason in message for reason in ("is a file", "a part of the path is a file",
+                                                    "a file of that name is in the way")), message
+    assert blocker.read_text() == "keep me\n" and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_batch_size_must_be_a_positive_number(messy_run, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(messy_run[0]), "--data", str(AGNEWS_SMALL), "--output", str(tmp_path / "s.csv"),
+              "--batch-size", value])
+    assert exit_.value.code == 2 and "--batch-size" in capsys.readouterr().err
+    assert not (tmp_path / "s.csv").exists()
 
 
 # --- disk full while saving ---------------------------------------------------------------------------------

@@ -25,9 +25,9 @@ def _save_encoder(folder, kind: str, layers: int = 4, dropout: float = 0.1):
                  intermediate_size=64, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     torch.manual_seed(0)
     if kind == "roberta":
-        RobertaForSequenceClassification(RobertaConfig(**shape, max_position_embeddings=80, pad_token_id=1)).roberta.save_pretrained(folder)
+        RobertaForSequenceClassification(RobertaConfig(**shape, max_position_embeddings=130, pad_token_id=1)).roberta.save_pretrained(folder)
     else:
-        BertForSequenceClassification(BertConfig(**shape, max_position_embeddings=80)).bert.save_pretrained(folder)
+        BertForSequenceClassification(BertConfig(**shape, max_position_embeddings=130)).bert.save_pretrained(folder)
     return folder
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import RunFolderError, WriteError
+from .errors import RunFolderError, WriteError, os_error_message
 
 MANIFEST = "manifest.json"
 
@@ -35,27 +35,43 @@ def _sha256(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def removed_on_failure(tmp: Path, what: str, fix: str):
+def removed_on_failure(tmp: Path, what: str, then: str = "run the command again"):
     """Delete ``tmp`` (a file or folder being written) when writing it fails or is interrupted.
 
-    An ``OSError`` (disk full, read-only, no permission) becomes a :class:`WriteError` naming
-    ``what`` and ``fix``; the file or folder ``tmp`` was to replace is untouched.
+    An ``OSError`` (disk full, read-only, no permission, a file where a folder should be) becomes a
+    :class:`WriteError` naming ``what``, the fix for that error and ``then`` (how to go on); the file
+    or folder ``tmp`` was to replace is untouched.
     """
     try:
         yield
     except BaseException as exc:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        remove_path(tmp)
         if isinstance(exc, OSError):
-            raise WriteError(f"could not write {what}: {exc.strerror or exc}; {fix}") from None
+            raise WriteError(f"{os_error_message(exc, 'write ' + what)}, then {then}") from None
         raise
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or a folder tree, if there is one (also when the path runs through a file)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            path.unlink()
+
+
+def check_output_file(output: Path, example: str) -> None:
+    """Refuse, before any work is done, an output file path that names a folder or runs through a file."""
+    if output.is_dir():
+        raise WriteError(f"--output {output} is a folder; give a file name such as {example}")
+    through = next((p for p in output.parents if p.exists()), None)
+    if through is not None and not through.is_dir():
+        raise WriteError(f"--output {output}: {through} is a file, not a folder; fix the path")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with removed_on_failure(tmp, str(path), "free disk space (or check permissions) and run the command again"):
+    with removed_on_failure(tmp, str(path)):
         tmp.write_text(text)
         os.replace(tmp, path)
 
@@ -64,12 +80,31 @@ def replace_dir(tmp: Path, final: Path) -> None:
     """Move a fully written folder into place; the old one is removed only after the new one exists."""
     old = final.with_name(final.name + ".old")
     if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
+        remove_path(old)
         os.replace(final, old)
     os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+    remove_path(old)
+
+
+@contextlib.contextmanager
+def folder_written_whole(output: Path, marker: str, flag: str):
+    """A temporary folder to write an output folder into; on success it replaces ``output`` as a whole.
+
+    Replacing deletes the old ``output``, so only an empty folder or one this command wrote before
+    (it holds ``marker``, e.g. report.md) may be replaced: anything else there would be lost.
+    On failure the temporary folder is removed and ``output`` is untouched.
+    """
+    if output.exists() and not output.is_dir():
+        raise WriteError(f"{flag} {output} is a file; give the path of a folder to write")
+    if output.is_dir() and any(output.iterdir()) and not (output / marker).is_file():
+        raise WriteError(f"{flag} {output} already holds files that are not an earlier output of this command "
+                         f"(it has no {marker}), and writing there would delete them; choose a new or empty folder")
+    tmp = output.with_name(output.name + ".tmp")
+    remove_path(tmp)
+    with removed_on_failure(tmp, f"{flag} {output}"):
+        tmp.mkdir(parents=True)
+        yield tmp
+        replace_dir(tmp, output)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -99,8 +134,8 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, loop_state: dict)
     if tmp.exists():
         shutil.rmtree(tmp)
     run_dir = folder.parent.parent  # checkpoints live in RUN/checkpoints/
-    with removed_on_failure(tmp, f"checkpoint {folder}", "free disk space, then continue from the last complete "
-                            f"checkpoint with `textlora train --resume {run_dir}`"):
+    with removed_on_failure(tmp, f"checkpoint {folder}", "continue from the last complete checkpoint with "
+                            f"`textlora train --resume {run_dir}`"):
         tmp.mkdir(parents=True)
         _write_checkpoint_files(tmp, model, optimizer, scheduler, loop_state)
         replace_dir(tmp, folder)

@@ -13,7 +13,18 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import allocator
-from .errors import RunFolderError, TextloraError
+from .errors import RunFolderError, TextloraError, os_error_message
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a batch of 0 rows, or -3, would fail later and less clearly)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number (give 1 or more)")
+    return value
 
 
 def _data_source(args, run_dir: Path):
@@ -141,7 +152,7 @@ def _add_data_flags(parser: argparse.ArgumentParser, labels: bool) -> None:
     parser.add_argument("--text-columns", default=None, help="comma-separated text columns (default: the run's)")
     if labels:
         parser.add_argument("--label-column", default=None, help="label column (default: the run's)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     _add_precision_flag(parser)
 
@@ -199,11 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     _add_precision_flag(p)
-    p.add_argument("--max-texts", type=int, default=64, help="texts per request (more: 413)")
-    p.add_argument("--max-chars", type=int, default=2000, help="characters per text (more: 413)")
-    p.add_argument("--max-batch", type=int, default=32, help="most texts in one model call")
+    p.add_argument("--max-texts", type=positive_int, default=64, help="texts per request (more: 413)")
+    p.add_argument("--max-chars", type=positive_int, default=2000, help="characters per text (more: 413)")
+    p.add_argument("--max-batch", type=positive_int, default=32, help="most texts in one model call")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits to share a model call")
-    p.add_argument("--max-queue", type=int, default=4096, help="texts waiting for the model (more: 503)")
+    p.add_argument("--max-queue", type=positive_int, default=4096, help="texts waiting for the model (more: 503)")
     p.add_argument("--root-path", default="", help="URL prefix when behind a reverse proxy, e.g. /textlora")
     p.add_argument("--onnx", action="store_true", help="run an exported folder's model.onnx on ONNX Runtime (CPU)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -269,6 +280,9 @@ def main(argv=None) -> int:
         COMMANDS[args.command](args)
     except TextloraError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path that cannot be made or written (a file where a folder should be, /proc, ...)
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # training says where it saved a checkpoint and how to resume
         print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
 from . import plots
-from .checkpoint import atomic_write_text, replace_dir
+from .checkpoint import atomic_write_text, folder_written_whole
 from .errors import TextloraError
 from .rundata import RunData, load_run_data
 
@@ -101,11 +100,7 @@ def compare(run_dirs: Sequence[Path], output: Optional[Path] = None) -> Path:
     if output is None:
         output = Path(run_dirs[0]).parent / ("compare-" + "-vs-".join(r.name for r in runs))[:120]
     output = Path(output)
-    tmp = output.with_name(output.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with folder_written_whole(output, "compare.md", "--output") as tmp:
         plots.compare_curves(runs, tmp / "curves.png")
         rows = summary_rows(runs)
         differences = config_differences(runs)
@@ -117,10 +112,6 @@ def compare(run_dirs: Sequence[Path], output: Optional[Path] = None) -> Path:
         lines += ["", "Runs: " + ", ".join(f"`{r.path}`" for r in runs)]
         atomic_write_text(tmp / "compare.md", "\n".join(lines) + "\n")
         atomic_write_text(tmp / "compare.json", json.dumps({"runs": rows, "differences": differences}, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, output)
     print(markdown_table(rows))
     if differences:
         print("differences: " + "; ".join(f"{k}: {' vs '.join(map(str, v))}" for k, v in differences.items()))

@@ -298,8 +298,13 @@ def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] = ()) ->
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.epochs=2)")
+        try:
+            layers.append(OmegaConf.from_dotlist([item]))
+        except Exception as exc:  # the value is parsed as YAML: an unclosed [ or { fails there
+            raise ConfigError(f"override {item!r}: its value is not valid YAML ({' '.join(str(exc).split())}); "
+                              "close every [ and {, and put a space after each colon in a mapping "
+                              "(e.g. 'model.target_modules=[query,value]', 'data.test={path: test.csv}')") from None
     try:
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(*layers)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, check_output_file
 from .config import DataSource
 from .precision import precision_name
 
@@ -87,6 +87,8 @@ def evaluate(run_dir: Path, source: DataSource, output: Optional[Path] = None, b
     from .data import load_inference_data
     from .inference import load_run
 
+    if output is not None:
+        check_output_file(Path(output), "eval.json")
     run = load_run(run_dir, device=device, precision=precision)
     split, stats = load_inference_data(source, run.label_map, run.config.data.clean_backslashes, need_labels=True)
     probs, truncated = run.probabilities(split.texts, batch_size)

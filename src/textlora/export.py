@@ -89,6 +89,8 @@ def export(run_dir: Path, out_dir: Path, onnx: bool = False, force: bool = False
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if (run_dir / "config.yaml").is_file():
         check_exportable_head(config_from_yaml_file(run_dir / "config.yaml"), run_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"--out {out_dir} is a file; give the path of a folder to create")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise ExportError(f"--out {out_dir} already exists and is not empty; choose a new folder or pass --force")
     if out_dir.resolve() == run_dir.resolve() or run_dir.resolve() in out_dir.resolve().parents:

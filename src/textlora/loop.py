@@ -207,8 +207,8 @@ class TrainLoop:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             tmp = self.run_dir / "adapter.tmp"
-            with ckpt.removed_on_failure(tmp, f"the adapter in {self.run_dir}", "free disk space, then continue "
-                                         f"with `textlora train --resume {self.run_dir}`"):
+            with ckpt.removed_on_failure(tmp, f"the adapter in {self.run_dir}",
+                                         f"continue with `textlora train --resume {self.run_dir}`"):
                 self.accelerator.unwrap_model(self.model).save_pretrained(tmp)
                 ckpt.replace_dir(tmp, self.run_dir / "adapter")
 

@@ -194,6 +194,7 @@ def build_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained: boo
     """The LoRA-wrapped classifier: LoRA on ``cfg.target_modules``, head and fresh modules trained fully."""
     _quiet_transformers()
     base, missing = build_base_model(cfg, label_map, pretrained, num_labels)
+    _check_max_length(cfg, base)
     head = head_module_names(base)
     fresh = _fresh_modules(missing, head)
     if pretrained and fresh:
@@ -204,6 +205,24 @@ def build_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained: boo
         raise ConfigError(f"model.target_modules={list(cfg.target_modules)} / model.layers={cfg.layers!r}: "
                           f"{str(exc).splitlines()[0]}") from None
     return BuiltModel(model=model, head_modules=head, fresh_modules=fresh)
+
+
+def _check_max_length(cfg: ModelConfig, model: torch.nn.Module) -> None:
+    """Refuse a ``model.max_length`` longer than the model's learned position embeddings reach.
+
+    Past them the first long batch fails deep inside the embeddings, mid-training. RoBERTa-style
+    embeddings number positions from ``padding_idx + 1``, so roberta-base's 514 rows hold 512 tokens.
+    Models without a position-embedding table (relative or rotary positions) have no such limit.
+    """
+    embeddings = getattr(getattr(model, "base_model", None), "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if not isinstance(table, torch.nn.Embedding):
+        return
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    limit = table.num_embeddings - (padding_idx + 1 if isinstance(padding_idx, int) else 0)
+    if cfg.max_length > limit:
+        raise ConfigError(f"model.max_length={cfg.max_length} is longer than {cfg.name_or_path} can read: its position "
+                          f"embeddings cover {limit} tokens; set model.max_length={limit} or less")
 
 
 def load_tokenizer(name_or_path: str):

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .checkpoint import removed_on_failure
+from .checkpoint import check_output_file, removed_on_failure
 from .config import DataSource
 from .errors import DataError
 from .precision import precision_name
@@ -35,8 +35,7 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
     from .inference import load_run
 
     output = Path(output)
-    if output.is_dir():
-        raise DataError(f"--output {output} is a folder; give a file name such as submission.csv")
+    check_output_file(output, "submission.csv")
     if not output.parent.exists():
         raise DataError(f"--output folder {output.parent} does not exist; create it first")
     run = load_run(run_dir, device=device, precision=precision)
@@ -46,7 +45,7 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
     rows = empty = truncated = 0
     tmp = output.with_name(output.name + ".tmp")
     # Written to a temp file and renamed: a failed or interrupted run never leaves half a submission.
-    with removed_on_failure(tmp, f"predictions {output}", "free disk space (or check permissions) and run predict again"):
+    with removed_on_failure(tmp, f"predictions {output}", "run predict again"):
         with tmp.open("w", newline="") as handle, tqdm(desc="predict", unit=" rows", disable=None) as bar:
             writer = csv.writer(handle)
             writer.writerow(header)

@@ -7,14 +7,13 @@ hardest errors use the test split when the run has one, else the validation spli
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
 from typing import Optional
 
 
 from . import plots
-from .checkpoint import atomic_write_text, replace_dir
+from .checkpoint import atomic_write_text, folder_written_whole
 from .rundata import RunData, load_run_data
 
 HARDEST = 10
@@ -42,18 +41,10 @@ def write_report(run_dir: Path, output: Optional[Path] = None) -> Path:
     """
     run = load_run_data(run_dir)
     output = Path(output) if output else run.path / "report"
-    tmp = output.with_name(output.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with folder_written_whole(output, "report.md", "--output") as tmp:
         sections = [_header(run), _data_section(run, tmp), _training_section(run, tmp),
                     _evaluation_section(run, tmp), _budget_section(run, tmp)]
         atomic_write_text(tmp / "report.md", "\n\n".join(s for s in sections if s) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, output)
     return output / "report.md"
 
 
