@@ -128,6 +128,12 @@ def test_sweep_trains_the_grid_and_compares(tiny_model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(argv) == 0  # a second sweep keeps the finished runs
     assert capsys.readouterr().out.count("is finished already") == 2
+    # ... but only when they are its runs: with another setting shared by all of them it refuses, up front.
+    before = (runs[0] / "summary.json").read_text()
+    assert main(argv[:3] + ["model.lora_r=8"] + argv[3:]) == 2
+    err = capsys.readouterr().err
+    assert f"{runs[0]} holds a run of another configuration" in err and "model.lora_r: 4 there, 8 now" in err
+    assert (runs[0] / "summary.json").read_text() == before
 
     # compare on its own, into a chosen folder; one run is not a comparison.
     assert main(["compare", str(runs[0]), str(runs[1]), "--output", str(tmp_path / "cmp")]) == 0
@@ -141,3 +147,8 @@ def test_sweep_rejects_a_bad_grid_before_training(tiny_model_dir, tmp_path, caps
     assert "optim.name" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
     assert main(["sweep", str(config), "--grid", "optim.name"]) == 2
+    # One combination, or a key given twice, would train and then have nothing to compare.
+    assert main(["sweep", str(config), "--grid", "optim.name=adamw"]) == 2
+    assert "the grid has one combination" in capsys.readouterr().err
+    assert main(["sweep", str(config), "--grid", "optim.lr=1e-3", "optim.lr=2e-3"]) == 2
+    assert "--grid names optim.lr twice" in capsys.readouterr().err

@@ -35,13 +35,18 @@ def _resolved(run: RunData) -> dict:
         return run.config
 
 
-def config_differences(runs: Sequence[RunData]) -> dict:
-    """``{key: [value per run]}`` for config keys whose values differ (run names and output folders left out)."""
-    flats = [_flat(_resolved(run)) for run in runs]
+def key_differences(configs: Sequence[dict]) -> dict:
+    """``{dotted key: [value per config]}`` where nested configs differ (run names and output folders left out)."""
+    flats = [_flat(config) for config in configs]
     keys = sorted(set().union(*flats))
     skip = {"train.run_name", "train.output_dir", "train.quiet"}
     return {k: [f.get(k) for f in flats] for k in keys
             if k not in skip and len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1}
+
+
+def config_differences(runs: Sequence[RunData]) -> dict:
+    """``{key: [value per run]}`` for config keys whose values differ (run names and output folders left out)."""
+    return key_differences([_resolved(run) for run in runs])
 
 
 def summary_rows(runs: Sequence[RunData]) -> list[dict]:

@@ -31,14 +31,32 @@ def split_values(text: str) -> list[str]:
 
 
 def parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """``["optim.name=adamw,rmsprop", "model.lora_r=4,8"]`` -> ``[(key, values), …]``."""
+    """``["optim.name=adamw,rmsprop", "model.lora_r=4,8"]`` -> ``[(key, values), …]``; at least two runs."""
     grid = []
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not key.strip() or not split_values(values):
             raise ConfigError(f"--grid {item!r} is not of the form key=v1,v2 (e.g. --grid optim.name=adamw,rmsprop)")
+        if key.strip() in (k for k, _ in grid):
+            raise ConfigError(f"--grid names {key.strip()} twice; give all its values once: "
+                              f"--grid {key.strip()}=v1,v2")
         grid.append((key.strip(), split_values(values)))
+    if len(list(product(*(values for _, values in grid)))) < 2:
+        raise ConfigError("the grid has one combination, so there is nothing to compare; give a key two or more "
+                          "values (--grid optim.name=adamw,rmsprop), or train the one run with `textlora train`")
     return grid
+
+
+def _trained_otherwise(run_dir: Path, planned) -> dict:
+    """Config keys whose value in ``run_dir``'s saved config differs from the planned run's: ``{key: [saved, planned]}``."""
+    from omegaconf import OmegaConf
+
+    from .compare import key_differences
+    from .config import config_from_yaml_file
+    from .runfolder import with_absolute_paths
+
+    saved = config_from_yaml_file(run_dir / "config.yaml")
+    return key_differences([OmegaConf.to_container(OmegaConf.structured(c)) for c in (saved, with_absolute_paths(planned))])
 
 
 def _folder_part(key: str, value: str) -> str:
@@ -69,6 +87,13 @@ def sweep(config_path: Path, grid_items: Sequence[str], overrides: Sequence[str]
         name = prefix + "-" + "_".join(_folder_part(k, v) for (k, _), v in zip(grid, values))
         items = tuple(overrides) + tuple(f"{k}={v}" for (k, _), v in zip(grid, values)) + (f"train.run_name={name}",)
         plans.append((name, load_config(config_path, items)))
+    for name, config in plans:
+        run_dir = Path(config.train.output_dir) / name
+        # A folder kept or resumed from an earlier sweep must be this run: else the comparison would be wrong.
+        if (run_dir / "config.yaml").is_file() and (differences := _trained_otherwise(run_dir, config)):
+            shown = "; ".join(f"{k}: {saved!r} there, {planned!r} now" for k, (saved, planned) in differences.items())
+            raise ConfigError(f"{run_dir} holds a run of another configuration ({shown}); move or delete it, or set "
+                              f"train.output_dir (or train.run_name) so that this sweep writes elsewhere")
     print(f"[sweep] {len(plans)} runs: " + ", ".join(name for name, _ in plans))
     run_dirs = []
     for number, (name, config) in enumerate(plans, start=1):
