@@ -96,6 +96,10 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(setup):
 
     assert main(["train", "--resume", str(run)]) == 0
     _assert_same_result(run, runs / "reference")
+    # Wall time spans both processes up to the checkpoint (it was only the resuming one's, shorter than training).
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["wall_seconds"] > loop["wall_seconds"] > 0
+    assert summary["wall_seconds"] >= summary["train_seconds"]
 
 
 def test_sigint_saves_a_checkpoint_exits_cleanly_and_resumes_exactly(setup):

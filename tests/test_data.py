@@ -259,3 +259,24 @@ def test_shared_agnews_textonly_layout():
     assert label_map.base == 1
     assert np.bincount(label_map.encode(frame["label"].tolist(), "textonly")).tolist() == [2033, 2118, 1976, 3034]
     assert all(extract_texts(frame, ["text"], "textonly", clean_backslashes=True))
+
+
+def _text_label_csv(path, labels) -> DataSource:
+    pd.DataFrame({"text": [f"text number {i}" for i in range(len(labels))], "label": labels}).to_csv(path, index=False)
+    return DataSource(path=str(path), text_columns=["text"], label_column="label")
+
+
+def test_classes_without_training_rows_are_warned_about_and_counted(tmp_path, capsys):
+    # Labels 2..5 read as 0-based: a 6-class head whose classes 0 and 1 never train.
+    source = _text_label_csv(tmp_path / "shifted.csv", [2, 3, 4, 5] * 10)
+    data = prepare_training_data(DataConfig(train=source, validation_size=8), 0)
+    assert data.label_map.num_labels == 6
+    assert data.report["classes_without_training_rows"] == ["class_0", "class_1"]
+    assert "warning: class(es) ['class_0', 'class_1'] have no training rows" in capsys.readouterr().out
+    assert "classes_without_training_rows" not in _prepare().report
+
+
+def test_a_class_of_one_row_is_named_by_its_label(tmp_path):
+    source = _text_label_csv(tmp_path / "single.csv", ["World", "Sports"] * 10 + ["NaN"])
+    with pytest.raises(DataError, match=r"class\(es\) 'NaN' have a single training row.*data.validation"):
+        prepare_training_data(DataConfig(train=source, validation_size=8), 0)

@@ -38,6 +38,8 @@ class LoopState:
     samples: int = 0
     tokens: int = 0
     train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    """Wall time of earlier invocations of this run (a resume continues it), up to their last checkpoint."""
     window_loss: float = 0.0
     """Loss sum and micro-batch count since the last train log line (saved by an interrupt, between log lines)."""
     window_count: int = 0
@@ -76,6 +78,7 @@ class TrainLoop:
         self._tokens = 0  # tokens seen since the last _sync_counters (a device tensor once training runs)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
         self.stop = False
+        self.started = time.time()  # train() sets when this invocation started: set-up counts as wall time
         self.train_cache: Optional[PrefixCache] = None
         self.val_cache: Optional[PrefixCache] = None
 
@@ -203,6 +206,10 @@ class TrainLoop:
             self.stop = True
         self._checkpoint()
 
+    def wall_seconds(self) -> float:
+        """Wall time of this run so far, earlier invocations included."""
+        return self.state.wall_seconds + time.time() - self.started
+
     def _save_adapter(self) -> None:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
@@ -219,6 +226,7 @@ class TrainLoop:
             return
         state = self.state
         loop_state = {k: v for k, v in state.__dict__.items() if k != "best_state"}
+        loop_state["wall_seconds"] = self.wall_seconds()
         if loop_state["batches_done"] >= len(self.loader):  # a finished epoch resumes at the next one
             loop_state["epoch"], loop_state["batches_done"] = state.epoch + 1, 0
         root = self.run_dir / "checkpoints"

@@ -143,9 +143,10 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
     loop = TrainLoop(config, accelerator, model, optimizer, scheduler, loader, val_tokens, data,
                  tokenizer.pad_token_id, run_dir, log, state, total_steps, steps_per_epoch)
     loop.train_cache, loop.val_cache = caches
+    loop.started = started
     try:
         loop.run()
-        return _finish(loop, data, tokenizer, breakdown.total, started)
+        return _finish(loop, data, tokenizer, breakdown.total)
     finally:
         for cache in caches:
             if cache is not None:
@@ -162,7 +163,7 @@ def _broadcast(accelerator: Accelerator, text: str) -> str:
     return box[0]
 
 
-def _finish(loop: TrainLoop, data: TrainingData, tokenizer, trainable: int, started: float) -> Path:
+def _finish(loop: TrainLoop, data: TrainingData, tokenizer, trainable: int) -> Path:
     """Best weights back in, eval.json (+ test_eval.json), summary.json, and the printed summary."""
     state, accelerator, run_dir = loop.state, loop.accelerator, loop.run_dir
     model = accelerator.unwrap_model(loop.model)
@@ -195,7 +196,7 @@ def _finish(loop: TrainLoop, data: TrainingData, tokenizer, trainable: int, star
         if accelerator.is_main_process:
             write_metrics(run_dir / "test_eval.json", {**test, "split": "test", "data": loop.config.data.test.path})
             save_predictions(run_dir / PREDICTIONS_DIR / "test.csv", data.test.texts, data.test.labels, probs, names)
-    summary["wall_seconds"] = round(time.time() - started, 2)
+    summary["wall_seconds"] = round(loop.wall_seconds(), 2)
     if accelerator.is_main_process:
         write_json(run_dir / "summary.json", summary)
         print("\n" + format_metrics(metrics))
