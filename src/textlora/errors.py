@@ -1,4 +1,4 @@
-"""The one exception type the CLI turns into a clear message and a non-zero exit."""
+"""The exception types the CLI turns into one clear ``error:`` line and exit status 2, and the wording of file-system errors."""
 
 import errno
 
@@ -49,6 +49,6 @@ def os_error_message(exc: OSError, action: str = "") -> str:
     out.csv``), the path, the reason and the fix."""
     fix = _OS_FIXES.get(exc.errno, "check the path and free disk space")
     if not action:
-        return f"{exc.strerror or exc}: {exc.filename}; {fix}"
+        return f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}; {fix}"
     path = f" ({exc.filename})" if exc.filename and str(exc.filename) not in action else ""
     return f"could not {action}{path}: {exc.strerror or exc}; {fix}"
