@@ -25,6 +25,8 @@ class Breakdown:
 
     groups: "OrderedDict[str, int]"
     budget: int
+    note: Optional[str] = None
+    """Said with the counts when they may be short: fresh modules could not be counted without loading weights."""
 
     @property
     def total(self) -> int:
@@ -35,7 +37,8 @@ class Breakdown:
         return self.total <= self.budget
 
     def as_dict(self) -> dict:
-        return {"groups": dict(self.groups), "total": self.total, "budget": self.budget, "fits": self.fits}
+        counts = {"groups": dict(self.groups), "total": self.total, "budget": self.budget, "fits": self.fits}
+        return {**counts, "note": self.note} if self.note else counts
 
     def table(self) -> str:
         width = max(len(g) for g in self.groups) if self.groups else 10
@@ -44,7 +47,14 @@ class Breakdown:
         lines.append(f"{'total trainable':<{width}}  {self.total:>11,}")
         verdict = "fits" if self.fits else "OVER"
         lines.append(f"{'budget':<{width}}  {self.budget:>11,}  ({verdict}: {self.total / self.budget:.1%} of budget)")
+        if self.note:
+            lines.append(f"note: {self.note}")
         return "\n".join(lines)
+
+
+FRESH_NOT_COUNTED = ("fresh modules not counted: weights the checkpoint lacks (a BERT pooler, say) also train, but "
+                     "which those are is read only from a local folder's safetensors; --pretrained loads the "
+                     "checkpoint and counts them")
 
 
 def trainable_breakdown(built: BuiltModel, budget: int) -> Breakdown:
@@ -56,7 +66,7 @@ def trainable_breakdown(built: BuiltModel, budget: int) -> Breakdown:
         group = _group_of(name, built)
         groups[group] = groups.get(group, 0) + param.numel()
     ordered = OrderedDict(sorted(groups.items(), key=lambda kv: (not kv[0].startswith("lora"), kv[0])))
-    return Breakdown(groups=ordered, budget=budget)
+    return Breakdown(groups=ordered, budget=budget, note=None if built.fresh_known else FRESH_NOT_COUNTED)
 
 
 def _group_of(name: str, built: BuiltModel) -> str:
@@ -76,7 +86,11 @@ def _group_of(name: str, built: BuiltModel) -> str:
 
 def count_model(cfg: ModelConfig, label_map: Optional[LabelMap] = None, num_labels: int = 2,
                 pretrained: bool = False) -> tuple[Breakdown, BuiltModel]:
-    """Exact trainable counts; ``pretrained=False`` builds on the meta device (no weights read)."""
+    """Exact trainable counts; ``pretrained=False`` builds on the meta device (no weights read).
+
+    Without ``pretrained``, fresh modules are found from a local folder's safetensors headers; for other
+    models they are left out and the breakdown's ``note`` says so.
+    """
     built = build_model(cfg, label_map, pretrained=pretrained, num_labels=num_labels)
     return trainable_breakdown(built, cfg.max_trainable_params), built
 
