@@ -9,6 +9,7 @@ are accepted, and what happened to them is counted in the files written.
 import csv
 import errno
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from textlora.cli import main
 from textlora.data import extract_texts
 from textlora.readers import read_table
 
-from .conftest import AGNEWS_SMALL
+from .conftest import AGNEWS_SMALL, write_tiny_config
+from .report_helpers import tiny_bert_without_pooler_dir
 
 
 def _fails_clearly(argv, capsys, *fragments) -> str:
@@ -402,3 +404,21 @@ def test_disk_full_while_writing_output_keeps_the_previous_file(messy_run, tmp_p
     _fails_clearly(argv, capsys, "No space left on device", str(out), "free disk space")
     assert out.read_text() == "previous results\n"
     assert _leftovers(tmp_path) == []
+
+
+def test_over_budget_suggests_the_linear_head_and_pastable_overrides(tiny_model_dir, tmp_path, capsys):
+    """Only model.head=linear fits (the standard head and the fresh pooler alone are 1,188): it is suggested,
+    and the suggestion's overrides, pasted as printed, make a configuration that fits."""
+    model_dir = tiny_bert_without_pooler_dir(tmp_path / "no-pooler", tiny_model_dir)
+    config = write_tiny_config(tmp_path / "tiny.yaml", model_dir, tmp_path / "runs")
+    message = _fails_clearly(["train", "--config", str(config), "model.max_trainable_params=1200"], capsys,
+                             "over the budget of 1,200", "Nearest configurations that fit", "linear head: 1,156",
+                             "model.head=linear")
+    assert "model.layers=None" not in message and "No configuration one change away fits" not in message
+    overrides = re.search(r"linear head: 1,156\s+\((.*)\)", message).group(1).split()
+    assert "model.layers=null" in overrides
+    assert main(["params", "--config", str(config), "--json", "model.max_trainable_params=1200", *overrides]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["total"] == 1_156 and counts["fits"]
+    assert not (tmp_path / "runs").exists()
+

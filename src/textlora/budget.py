@@ -14,9 +14,9 @@ import torch
 from peft.tuners.tuners_utils import check_target_module_exists
 
 from .config import ModelConfig
-from .errors import BudgetError
+from .errors import BudgetError, ConfigError
 from .labels import LabelMap
-from .model import LAYER_PATTERN, BuiltModel, build_model, lora_config, module_path
+from .model import LAYER_PATTERN, BuiltModel, build_counting_twin, build_model, lora_config, module_path
 
 
 @dataclass
@@ -111,7 +111,7 @@ def lora_params_for(base: torch.nn.Module, cfg: ModelConfig) -> int:
 
 
 def nearest_fits(cfg: ModelConfig, built: BuiltModel, non_lora: int, limit: int = 5) -> list[tuple[ModelConfig, int]]:
-    """Configurations one change away from ``cfg`` (lower rank, fewer layers, fewer modules) that fit.
+    """Configurations one change away from ``cfg`` (lower rank, fewer layers, fewer modules, linear head) that fit.
 
     Returns up to ``limit`` (config, total trainable) pairs, the largest first.
     """
@@ -133,13 +133,38 @@ def nearest_fits(cfg: ModelConfig, built: BuiltModel, non_lora: int, limit: int 
         total = non_lora + lora_params_for(base, candidate)
         if total <= cfg.max_trainable_params:
             fits.append((candidate, total))
+    if cfg.head != "linear":
+        light = _linear_head_total(cfg, built)
+        if light is not None and light[1] <= cfg.max_trainable_params:
+            fits.append(light)
     fits.sort(key=lambda item: -item[1])
     return fits[:limit]
+
+
+def _linear_head_total(cfg: ModelConfig, built: BuiltModel) -> Optional[tuple[ModelConfig, int]]:
+    """``cfg`` with ``model.head=linear`` and its exact count; None where the architecture has no linear head.
+
+    The head changes which modules exist (a BERT pooler, fresh or not, is replaced), so the model is rebuilt
+    on the meta device and counted like any other, keeping the fresh modules ``built`` found.
+    """
+    candidate = replace(cfg, head="linear")
+    try:
+        twin = build_counting_twin(built, candidate)
+    except ConfigError:  # model.head=linear on an architecture heads.py does not handle
+        return None
+    return candidate, trainable_breakdown(twin, cfg.max_trainable_params).total
 
 
 def describe_lora(cfg: ModelConfig) -> str:
     layers = cfg.layers if cfg.layers is not None else "all"
     return f"r={cfg.lora_r} on {'/'.join(cfg.target_modules)} of layers {layers}"
+
+
+def _overrides(c: ModelConfig, cfg: ModelConfig) -> str:
+    """The ``key=value`` overrides that turn ``cfg`` into ``c``, as they are typed on the command line."""
+    layers = "null" if c.layers is None else c.layers
+    text = f"model.lora_r={c.lora_r} model.layers={layers} model.target_modules=[{','.join(c.target_modules)}]"
+    return text + (f" model.head={c.head}" if c.head != cfg.head else "")
 
 
 def enforce_budget(cfg: ModelConfig, breakdown: Breakdown, built: BuiltModel) -> None:
@@ -152,8 +177,8 @@ def enforce_budget(cfg: ModelConfig, breakdown: Breakdown, built: BuiltModel) ->
              f"{cfg.max_trainable_params:,} (model.max_trainable_params).", breakdown.table()]
     if suggestions:
         lines.append("Nearest configurations that fit:")
-        lines += [f"  {describe_lora(c)}: {n:,}   (model.lora_r={c.lora_r} model.layers={c.layers} "
-                  f"model.target_modules=[{','.join(c.target_modules)}])" for c, n in suggestions]
+        lines += [f"  {describe_lora(c)}{', ' + c.head + ' head' if c.head != cfg.head else ''}: {n:,}   "
+                  f"({_overrides(c, cfg)})" for c, n in suggestions]
     else:
         lines.append("No configuration one change away fits: the head alone may exceed the budget; raise "
                      "model.max_trainable_params or use a smaller model.")

@@ -254,6 +254,23 @@ def build_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained: boo
     return BuiltModel(model=model, head_modules=head, fresh_modules=fresh, fresh_known=missing is not None)
 
 
+def build_counting_twin(built: BuiltModel, cfg: ModelConfig) -> BuiltModel:
+    """``cfg``'s model on the meta device, from ``built``'s architecture, for counting a nearby configuration.
+
+    The checkpoint is the same, so what it lacks is too: ``built``'s fresh modules are kept where ``cfg``'s
+    head keeps them (``model.head=linear`` removes a BERT pooler, fresh or not).
+    """
+    config = built.model.get_base_model().config
+    with torch.device("meta"):
+        base = AutoModelForSequenceClassification.from_config(config)
+    apply_head(base, cfg.head)
+    head = head_module_names(base)
+    modules = dict(base.named_modules())
+    fresh = [m for m in built.fresh_modules if m in modules and any(True for _ in modules[m].parameters())]
+    model = get_peft_model(base, lora_config(cfg, head + fresh))
+    return BuiltModel(model=model, head_modules=head, fresh_modules=fresh, fresh_known=built.fresh_known)
+
+
 def load_tokenizer(name_or_path: str):
     try:
         return AutoTokenizer.from_pretrained(resolve_model_location(name_or_path))
