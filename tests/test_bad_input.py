@@ -422,3 +422,39 @@ def test_over_budget_suggests_the_linear_head_and_pastable_overrides(tiny_model_
     assert counts["total"] == 1_156 and counts["fits"]
     assert not (tmp_path / "runs").exists()
 
+
+PLAN_CASES = {
+    "unknown-target": (["--targets", "query,qury"], ["--targets query,qury", "no Linear module named 'qury'",
+                                                     "attention.self.query", "intermediate.dense"]),
+    "layers-out-of-range": (["--layers", "20-30"], ["--layers 20-30", "roberta-base has 12 layers", "0-11"]),
+    "layers-partly-out-of-range": (["--layers", "10-12"], ["--layers 10-12", "has 12 layers"]),
+}
+
+
+@pytest.mark.parametrize("flags, fragments", PLAN_CASES.values(), ids=PLAN_CASES.keys())
+def test_bad_plan_request(capsys, flags, fragments):
+    message = _fails_clearly(["plan", "--budget", "1000000", *flags], capsys, *fragments)
+    assert "fits a budget" not in message
+
+
+ARGUMENT_CASES = {
+    "rank-not-a-number": (["plan", "--budget", "1000000", "--ranks", "4,x"], ["--ranks", "'4,x'", "e.g. 4,8"]),
+    "rank-zero": (["plan", "--budget", "1000000", "--ranks", "0,4"], ["--ranks", "at least 1"]),
+    "top-zero": (["plan", "--budget", "1000000", "--top", "0"], ["--top", "at least 1, got 0"]),
+    "top-negative": (["plan", "--budget", "1000000", "--top", "-2"], ["--top", "at least 1, got -2"]),
+    "plan-one-label": (["plan", "--budget", "1000000", "--num-labels", "1"], ["--num-labels", "at least 2 classes"]),
+    "plan-no-labels": (["plan", "--budget", "1000000", "--num-labels", "0"], ["--num-labels", "got 0"]),
+    "params-one-label": (["params", "--num-labels", "1"], ["--num-labels", "at least 2 classes"]),
+}
+
+
+@pytest.mark.parametrize("argv, fragments", ARGUMENT_CASES.values(), ids=ARGUMENT_CASES.keys())
+def test_bad_plan_and_params_arguments_are_argument_errors(capsys, argv, fragments):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error: argument" in line]
+    assert len(errors) == 1, err
+    for fragment in fragments:
+        assert fragment in errors[0], err

@@ -169,6 +169,7 @@ def plan(budget: int, model: Optional[str] = None, num_labels: int = 4, base: Op
     whole = base is not None
     base = base or RunConfig()
     model_cfg = replace(base.model, max_trainable_params=budget, **({"name_or_path": model} if model else {}))
+    _check_search(model_cfg, num_labels, targets, layers)
     sets = [tuple(targets)] if targets else TARGET_SETS
     candidates = enumerate_candidates(model_cfg, num_labels, ranks, heads, sets,
                                       [layers] if layers else None, pretrained)
@@ -211,6 +212,37 @@ def _verify(chosen: Candidate, cfg: ModelConfig, num_labels: int, pretrained: bo
     if breakdown.total != chosen.total:
         raise AssertionError(f"plan counted {chosen.total:,} but the built model has {breakdown.total:,}")
     return breakdown.note
+
+
+def _check_search(model_cfg: ModelConfig, num_labels: int, targets: Optional[list[str]], layers: Optional[str]) -> None:
+    """Refuse ``--targets`` the model has no Linear for and ``--layers`` beyond its last layer, naming them.
+
+    Without this, nothing would match and the search would end in a misleading "nothing fits the budget".
+    """
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    from .config import parse_layer_range
+    from .model import LAYER_PATTERN, build_base_model, load_model_config
+
+    name = model_cfg.name_or_path
+    if layers is not None:
+        wanted = parse_layer_range(layers, "model.layers")
+        num_layers = load_model_config(name, num_labels=num_labels, shapes_only=True).num_hidden_layers
+        if wanted[-1] >= num_layers:
+            raise ConfigError(f"--layers {layers}: {name} has {num_layers} layers, numbered 0-{num_layers - 1}; "
+                              f"give a range within them, e.g. {num_layers // 2}-{num_layers - 1}")
+    if not targets:
+        return
+    base, _ = build_base_model(replace(model_cfg, head="standard"), None, pretrained=False, num_labels=num_labels)
+    linears = [n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)]
+    unknown = [t for t in targets if not any(
+        check_target_module_exists(lora_config(replace(model_cfg, target_modules=[t], layers=None), []), n)
+        for n in linears)]
+    if unknown:
+        in_layer = [n[LAYER_PATTERN.search(n).end():] for n in linears if layer_index(n) == 0]
+        raise ConfigError(f"--targets {','.join(targets)}: {name} has no Linear module named "
+                          f"{', '.join(repr(t) for t in unknown)}; its encoder layers' Linear modules are "
+                          f"{', '.join(in_layer)} (a suffix such as {in_layer[0].rsplit('.', 1)[-1]} is enough)")
 
 
 def _yaml(config: RunConfig, chosen: Candidate, budget: int, whole: bool) -> str:
