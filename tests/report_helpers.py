@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
 
 from .conftest import AGNEWS_SMALL, write_tiny_config
 
@@ -30,4 +30,17 @@ def tiny_roberta_dir(folder: Path, tiny_model_dir: Path) -> Path:
                            intermediate_size=64, max_position_embeddings=64, pad_token_id=0, type_vocab_size=1)
     torch.manual_seed(0)
     RobertaModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
+def tiny_bert_without_pooler_dir(folder: Path, tiny_model_dir: Path, shard: bool = False) -> Path:
+    """The tiny BERT saved without pooler weights, as the real MiniLMs are: a classifier gets a fresh pooler.
+
+    ``shard`` saves it as several safetensors files with a ``model.safetensors.index.json``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    config = BertConfig.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder, max_shard_size="20KB" if shard else "5GB")
     return folder

@@ -9,6 +9,7 @@ are accepted, and what happened to them is counted in the files written.
 import csv
 import errno
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from textlora.cli import main
 from textlora.data import extract_texts
 from textlora.readers import read_table
 
-from .conftest import AGNEWS_SMALL
+from .conftest import AGNEWS_SMALL, write_tiny_config
+from .report_helpers import tiny_bert_without_pooler_dir
 
 
 def _fails_clearly(argv, capsys, *fragments) -> str:
@@ -459,3 +461,57 @@ def test_disk_full_while_writing_output_keeps_the_previous_file(messy_run, tmp_p
     _fails_clearly(argv, capsys, "No space left on device", str(out), "free disk space")
     assert out.read_text() == "previous results\n"
     assert _leftovers(tmp_path) == []
+
+
+def test_over_budget_suggests_the_linear_head_and_pastable_overrides(tiny_model_dir, tmp_path, capsys):
+    """Only model.head=linear fits (the standard head and the fresh pooler alone are 1,188): it is suggested,
+    and the suggestion's overrides, pasted as printed, make a configuration that fits."""
+    model_dir = tiny_bert_without_pooler_dir(tmp_path / "no-pooler", tiny_model_dir)
+    config = write_tiny_config(tmp_path / "tiny.yaml", model_dir, tmp_path / "runs")
+    message = _fails_clearly(["train", "--config", str(config), "model.max_trainable_params=1200"], capsys,
+                             "over the budget of 1,200", "Nearest configurations that fit", "linear head: 1,156",
+                             "model.head=linear")
+    assert "model.layers=None" not in message and "No configuration one change away fits" not in message
+    overrides = re.search(r"linear head: 1,156\s+\((.*)\)", message).group(1).split()
+    assert "model.layers=null" in overrides
+    assert main(["params", "--config", str(config), "--json", "model.max_trainable_params=1200", *overrides]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["total"] == 1_156 and counts["fits"]
+    assert not (tmp_path / "runs").exists()
+
+
+PLAN_CASES = {
+    "unknown-target": (["--targets", "query,qury"], ["--targets query,qury", "no Linear module named 'qury'",
+                                                     "attention.self.query", "intermediate.dense"]),
+    "layers-out-of-range": (["--layers", "20-30"], ["--layers 20-30", "roberta-base has 12 layers", "0-11"]),
+    "layers-partly-out-of-range": (["--layers", "10-12"], ["--layers 10-12", "has 12 layers"]),
+}
+
+
+@pytest.mark.parametrize("flags, fragments", PLAN_CASES.values(), ids=PLAN_CASES.keys())
+def test_bad_plan_request(capsys, flags, fragments):
+    message = _fails_clearly(["plan", "--budget", "1000000", *flags], capsys, *fragments)
+    assert "fits a budget" not in message
+
+
+ARGUMENT_CASES = {
+    "rank-not-a-number": (["plan", "--budget", "1000000", "--ranks", "4,x"], ["--ranks", "'4,x'", "e.g. 4,8"]),
+    "rank-zero": (["plan", "--budget", "1000000", "--ranks", "0,4"], ["--ranks", "at least 1"]),
+    "top-zero": (["plan", "--budget", "1000000", "--top", "0"], ["--top", "at least 1, got 0"]),
+    "top-negative": (["plan", "--budget", "1000000", "--top", "-2"], ["--top", "at least 1, got -2"]),
+    "plan-one-label": (["plan", "--budget", "1000000", "--num-labels", "1"], ["--num-labels", "at least 2 classes"]),
+    "plan-no-labels": (["plan", "--budget", "1000000", "--num-labels", "0"], ["--num-labels", "got 0"]),
+    "params-one-label": (["params", "--num-labels", "1"], ["--num-labels", "at least 2 classes"]),
+}
+
+
+@pytest.mark.parametrize("argv, fragments", ARGUMENT_CASES.values(), ids=ARGUMENT_CASES.keys())
+def test_bad_plan_and_params_arguments_are_argument_errors(capsys, argv, fragments):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error: argument" in line]
+    assert len(errors) == 1, err
+    for fragment in fragments:
+        assert fragment in errors[0], err

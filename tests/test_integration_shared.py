@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from textlora.budget import count_model
 from textlora.cli import main
-from textlora.config import ModelConfig
+from textlora.config import ModelConfig, load_config
 
 from .conftest import shared_path
 
@@ -54,6 +54,26 @@ def test_fresh_pooler_of_minilm_l3_is_reported_trained_and_counted():
     assert breakdown.total == 147_840 + 1_540 + 36_864
     trainable = {n for n, p in built.model.named_parameters() if p.requires_grad}
     assert any("pooler" in n for n in trainable)
+
+
+def test_params_counts_the_fresh_pooler_of_minilm_l3_without_loading_it(tmp_path, capsys):
+    """The safetensors headers say the pooler is missing: params and plan count it as train does, no --pretrained."""
+    model_dir = shared_path("models", "paraphrase-MiniLM-L3-v2")
+    config = _write_config(tmp_path, model_dir, "unused.csv")
+    assert main(["params", "--config", str(config), "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    breakdown, _ = count_model(ModelConfig(name_or_path=str(model_dir)), num_labels=4, pretrained=True)
+    assert counts["groups"] == dict(breakdown.groups) and counts["total"] == 147_840 + 1_540 + 36_864
+    # QA's case: budget 100,000 with r=4 on q/v. The standard head plus the fresh pooler is over on its own, so
+    # the plan picks the linear head; train refused the standard head's pick at 232,324.
+    planned = tmp_path / "planned.yaml"
+    assert main(["plan", "--budget", "100000", "--config", str(config), "--output", str(planned)]) == 0
+    rows = capsys.readouterr().out.split("\n\n")[0].splitlines()
+    rows = [row for row in rows if row.split()[0].isdigit()]
+    assert rows and all(row.split()[1] == "linear" for row in rows)
+    planned_cfg = load_config(planned).model
+    total = int(rows[0].split()[7].replace(",", ""))
+    assert count_model(planned_cfg, num_labels=4, pretrained=True)[0].total == total <= 100_000
 
 
 def test_minilm_l6_learns_agnews_from_real_rows(tmp_path):

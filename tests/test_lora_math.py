@@ -115,7 +115,7 @@ def test_over_budget_is_refused_with_suggestions_that_fit():
         listed = int(listed.replace(",", ""))
         assert listed <= cfg.max_trainable_params
         rebuilt = ModelConfig(name_or_path="roberta-base", lora_r=int(r), target_modules=targets.split(","),
-                              layers=None if layers == "None" else layers)
+                              layers=None if layers == "null" else layers)
         assert count_model(rebuilt, num_labels=4)[0].total == listed, (r, layers, targets)
     # Largest first: dropping layer 0 keeps the most (999,172).
     assert int(suggestions[0][0].replace(",", "")) == 8 * 1536 * 3 * 11 + ROBERTA_HEAD

@@ -10,8 +10,8 @@ from textlora.cli import main
 from textlora.config import ModelConfig, load_config
 from textlora.plan import enumerate_candidates, layer_ranges
 
-from .conftest import AGNEWS_SMALL, REPO
-from .report_helpers import tiny_roberta_dir, tiny_yaml
+from .conftest import AGNEWS_SMALL, REPO, write_tiny_config
+from .report_helpers import tiny_bert_without_pooler_dir, tiny_roberta_dir, tiny_yaml
 
 
 def _candidate(candidates, head, r, matched, layers):
@@ -98,3 +98,62 @@ def test_linear_head_on_bert_replaces_the_pooler(tiny_model_dir):
     base.eval()
     np.testing.assert_allclose(base(input_ids=ids).logits.detach().numpy(),
                                classifier(hidden[:, 0]).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def no_pooler_dir(tiny_model_dir, tmp_path_factory):
+    return tiny_bert_without_pooler_dir(tmp_path_factory.mktemp("tiny-bert-no-pooler"), tiny_model_dir)
+
+
+def _train_time_groups(model_cfg):
+    """Trainable groups as train counts them: the model built from the checkpoint, fresh modules found by loading."""
+    from textlora.budget import trainable_breakdown
+    from textlora.model import build_model
+
+    built = build_model(model_cfg, None, pretrained=True, num_labels=4)
+    return dict(trainable_breakdown(built, model_cfg.max_trainable_params).groups)
+
+
+@pytest.mark.parametrize("shard", [False, True], ids=["one-file", "sharded"])
+def test_params_counts_a_fresh_pooler_from_the_safetensors_headers_as_train_does(
+        no_pooler_dir, tiny_model_dir, tmp_path, capsys, shard):
+    model_dir = no_pooler_dir if not shard else \
+        tiny_bert_without_pooler_dir(tmp_path / "sharded", tiny_model_dir, shard=True)
+    assert (model_dir / "model.safetensors.index.json").is_file() == shard
+    config = write_tiny_config(tmp_path / "tiny.yaml", model_dir, tmp_path / "runs")
+    assert main(["params", "--config", str(config), "--json"]) == 0  # meta device: no weights read
+    counts = json.loads(capsys.readouterr().out)
+    # LoRA r=4 on q/v of 2 layers: 4 * (32 + 32) * 2 * 2; head 32 * 4 + 4; the fresh pooler 32 * 32 + 32.
+    assert counts["groups"]["fresh: bert.pooler.dense"] == 1_056 and "note" not in counts
+    assert counts["total"] == 1_024 + 132 + 1_056
+    assert counts["groups"] == _train_time_groups(load_config(config).model)
+    # The linear head replaces the pooler: nothing fresh is left, here as in training.
+    light = load_config(config, ("model.head=linear",)).model
+    assert count_model(light, num_labels=4)[0].groups == _train_time_groups(light)
+
+
+def test_plan_with_a_fresh_pooler_picks_what_train_accepts(no_pooler_dir, tmp_path, capsys):
+    base = write_tiny_config(tmp_path / "base.yaml", no_pooler_dir, tmp_path / "runs", run_name="planned")
+    planned = tmp_path / "planned.yaml"
+    # Budget 1,100: the standard head (132) and the fresh pooler (1,056) alone are over; the linear head is not.
+    assert main(["plan", "--budget", "1100", "--config", str(base), "--output", str(planned)]) == 0
+    out = capsys.readouterr().out
+    rows = out.split("\n\n")[0].splitlines()
+    rows = [row for row in rows if row.split()[0].isdigit()]
+    assert rows and all(row.split()[1] == "linear" for row in rows), out
+    assert "note:" not in out
+    total = int(rows[0].split()[7].replace(",", ""))
+    assert main(["train", "--config", str(planned), "train.epochs=1", "train.max_steps=1"]) == 0
+    assert json.loads((tmp_path / "runs" / "planned" / "budget.json").read_text())["total"] == total
+
+
+def test_without_readable_weight_names_the_counts_say_fresh_modules_are_not_counted(capsys):
+    # roberta-base here is the bundled architecture: no checkpoint to read, so what it lacks is unknown.
+    assert main(["params", "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert "fresh modules not counted" in counts["note"] and "--pretrained" in counts["note"]
+    assert main(["params"]) == 0
+    assert "note: fresh modules not counted" in capsys.readouterr().out
+    assert main(["plan", "--budget", "1000000", "--ranks", "4", "--top", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "note: fresh modules not counted" in out and "--pretrained" in out

@@ -14,9 +14,9 @@ import torch
 from peft.tuners.tuners_utils import check_target_module_exists
 
 from .config import ModelConfig
-from .errors import BudgetError
+from .errors import BudgetError, ConfigError
 from .labels import LabelMap
-from .model import LAYER_PATTERN, BuiltModel, build_model, lora_config, module_path
+from .model import LAYER_PATTERN, BuiltModel, build_counting_twin, build_model, lora_config, module_path
 
 
 @dataclass
@@ -25,6 +25,8 @@ class Breakdown:
 
     groups: "OrderedDict[str, int]"
     budget: int
+    note: Optional[str] = None
+    """Said with the counts when they may be short: fresh modules could not be counted without loading weights."""
 
     @property
     def total(self) -> int:
@@ -35,7 +37,8 @@ class Breakdown:
         return self.total <= self.budget
 
     def as_dict(self) -> dict:
-        return {"groups": dict(self.groups), "total": self.total, "budget": self.budget, "fits": self.fits}
+        counts = {"groups": dict(self.groups), "total": self.total, "budget": self.budget, "fits": self.fits}
+        return {**counts, "note": self.note} if self.note else counts
 
     def table(self) -> str:
         width = max(len(g) for g in self.groups) if self.groups else 10
@@ -44,7 +47,14 @@ class Breakdown:
         lines.append(f"{'total trainable':<{width}}  {self.total:>11,}")
         verdict = "fits" if self.fits else "OVER"
         lines.append(f"{'budget':<{width}}  {self.budget:>11,}  ({verdict}: {self.total / self.budget:.1%} of budget)")
+        if self.note:
+            lines.append(f"note: {self.note}")
         return "\n".join(lines)
+
+
+FRESH_NOT_COUNTED = ("fresh modules not counted: weights the checkpoint lacks (a BERT pooler, say) also train, but "
+                     "which those are is read only from a local folder's safetensors; --pretrained loads the "
+                     "checkpoint and counts them")
 
 
 def trainable_breakdown(built: BuiltModel, budget: int) -> Breakdown:
@@ -56,7 +66,7 @@ def trainable_breakdown(built: BuiltModel, budget: int) -> Breakdown:
         group = _group_of(name, built)
         groups[group] = groups.get(group, 0) + param.numel()
     ordered = OrderedDict(sorted(groups.items(), key=lambda kv: (not kv[0].startswith("lora"), kv[0])))
-    return Breakdown(groups=ordered, budget=budget)
+    return Breakdown(groups=ordered, budget=budget, note=None if built.fresh_known else FRESH_NOT_COUNTED)
 
 
 def _group_of(name: str, built: BuiltModel) -> str:
@@ -76,7 +86,11 @@ def _group_of(name: str, built: BuiltModel) -> str:
 
 def count_model(cfg: ModelConfig, label_map: Optional[LabelMap] = None, num_labels: int = 2,
                 pretrained: bool = False) -> tuple[Breakdown, BuiltModel]:
-    """Exact trainable counts; ``pretrained=False`` builds on the meta device (no weights read)."""
+    """Exact trainable counts; ``pretrained=False`` builds on the meta device (no weights read).
+
+    Without ``pretrained``, fresh modules are found from a local folder's safetensors headers; for other
+    models they are left out and the breakdown's ``note`` says so.
+    """
     built = build_model(cfg, label_map, pretrained=pretrained, num_labels=num_labels)
     return trainable_breakdown(built, cfg.max_trainable_params), built
 
@@ -97,7 +111,7 @@ def lora_params_for(base: torch.nn.Module, cfg: ModelConfig) -> int:
 
 
 def nearest_fits(cfg: ModelConfig, built: BuiltModel, non_lora: int, limit: int = 5) -> list[tuple[ModelConfig, int]]:
-    """Configurations one change away from ``cfg`` (lower rank, fewer layers, fewer modules) that fit.
+    """Configurations one change away from ``cfg`` (lower rank, fewer layers, fewer modules, linear head) that fit.
 
     Returns up to ``limit`` (config, total trainable) pairs, the largest first.
     """
@@ -119,13 +133,38 @@ def nearest_fits(cfg: ModelConfig, built: BuiltModel, non_lora: int, limit: int 
         total = non_lora + lora_params_for(base, candidate)
         if total <= cfg.max_trainable_params:
             fits.append((candidate, total))
+    if cfg.head != "linear":
+        light = _linear_head_total(cfg, built)
+        if light is not None and light[1] <= cfg.max_trainable_params:
+            fits.append(light)
     fits.sort(key=lambda item: -item[1])
     return fits[:limit]
+
+
+def _linear_head_total(cfg: ModelConfig, built: BuiltModel) -> Optional[tuple[ModelConfig, int]]:
+    """``cfg`` with ``model.head=linear`` and its exact count; None where the architecture has no linear head.
+
+    The head changes which modules exist (a BERT pooler, fresh or not, is replaced), so the model is rebuilt
+    on the meta device and counted like any other, keeping the fresh modules ``built`` found.
+    """
+    candidate = replace(cfg, head="linear")
+    try:
+        twin = build_counting_twin(built, candidate)
+    except ConfigError:  # model.head=linear on an architecture heads.py does not handle
+        return None
+    return candidate, trainable_breakdown(twin, cfg.max_trainable_params).total
 
 
 def describe_lora(cfg: ModelConfig) -> str:
     layers = cfg.layers if cfg.layers is not None else "all"
     return f"r={cfg.lora_r} on {'/'.join(cfg.target_modules)} of layers {layers}"
+
+
+def _overrides(c: ModelConfig, cfg: ModelConfig) -> str:
+    """The ``key=value`` overrides that turn ``cfg`` into ``c``, as they are typed on the command line."""
+    layers = "null" if c.layers is None else c.layers
+    text = f"model.lora_r={c.lora_r} model.layers={layers} model.target_modules=[{','.join(c.target_modules)}]"
+    return text + (f" model.head={c.head}" if c.head != cfg.head else "")
 
 
 def enforce_budget(cfg: ModelConfig, breakdown: Breakdown, built: BuiltModel) -> None:
@@ -138,8 +177,8 @@ def enforce_budget(cfg: ModelConfig, breakdown: Breakdown, built: BuiltModel) ->
              f"{cfg.max_trainable_params:,} (model.max_trainable_params).", breakdown.table()]
     if suggestions:
         lines.append("Nearest configurations that fit:")
-        lines += [f"  {describe_lora(c)}: {n:,}   (model.lora_r={c.lora_r} model.layers={c.layers} "
-                  f"model.target_modules=[{','.join(c.target_modules)}])" for c, n in suggestions]
+        lines += [f"  {describe_lora(c)}{', ' + c.head + ' head' if c.head != cfg.head else ''}: {n:,}   "
+                  f"({_overrides(c, cfg)})" for c, n in suggestions]
     else:
         lines.append("No configuration one change away fits: the head alone may exceed the budget; raise "
                      "model.max_trainable_params or use a smaller model.")

@@ -131,7 +131,7 @@ def cmd_plan(args) -> None:
     base = load_config(Path(args.config), tuple(args.overrides)) if args.config else None
     if args.overrides and not args.config:
         raise TextloraError("key=value overrides need --config (they change the base config the plan completes)")
-    ranks = [int(r) for r in args.ranks.split(",")] if args.ranks else RANKS
+    ranks = args.ranks or RANKS
     heads = [args.head] if args.head else ("standard", "linear")
     plan(args.budget, args.model, args.num_labels, base, ranks, heads,
          args.targets.split(",") if args.targets else None, args.layers, args.top, args.pick, args.pretrained,
@@ -142,6 +142,33 @@ def cmd_sweep(args) -> None:
     from .sweep import sweep
 
     sweep(Path(args.config), args.grid, args.overrides)
+
+
+def _int_at_least(minimum: int, why: str = ""):
+    """An argparse type: an integer >= ``minimum`` (``why`` explains the minimum in the error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{why}, got {value}")
+        return value
+    return parse
+
+
+def _rank_list(text: str) -> list[int]:
+    """An argparse type: comma-separated LoRA ranks, each a whole number >= 1 (``4,8``)."""
+    try:
+        ranks = [int(r) for r in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers, e.g. 4,8") from None
+    if any(r < 1 for r in ranks):
+        raise argparse.ArgumentTypeError(f"{text!r}: every rank must be at least 1")
+    return ranks
+
+
+_NUM_LABELS = _int_at_least(2, " (a classifier needs at least 2 classes)")
 
 
 def _add_data_flags(parser: argparse.ArgumentParser, labels: bool) -> None:
@@ -173,9 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("params", help="exact trainable-parameter count and budget check")
     p.add_argument("--config", help="YAML config file")
-    p.add_argument("--num-labels", type=int, default=4, help="classes of the head (default 4, AG News)")
+    p.add_argument("--num-labels", type=_NUM_LABELS, default=4, help="classes of the head (default 4, AG News)")
     p.add_argument("--pretrained", action="store_true",
-                   help="read the checkpoint to find weights it lacks (counted as trainable); needs the weights")
+                   help="load the checkpoint to find weights it lacks (counted as trainable); needs the weights. "
+                        "A local folder's safetensors headers already tell, without it")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
 
@@ -230,15 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="LoRA configurations that fit a trainable-parameter budget, as a table and YAML")
     p.add_argument("--budget", type=int, required=True, help="most trainable parameters, e.g. 1000000")
     p.add_argument("--model", help="hub id or local folder (default: the --config's model, else roberta-base)")
-    p.add_argument("--num-labels", type=int, default=4, help="classes of the head (default 4, AG News)")
+    p.add_argument("--num-labels", type=_NUM_LABELS, default=4, help="classes of the head (default 4, AG News)")
     p.add_argument("--config", help="base config: the YAML printed is then this config with the planned model section")
-    p.add_argument("--ranks", help="comma-separated LoRA ranks to consider (default 1,2,4,8,16,32,64)")
+    p.add_argument("--ranks", type=_rank_list, help="comma-separated LoRA ranks to consider (default 1,2,4,8,16,32,64)")
     p.add_argument("--head", choices=["standard", "linear"], help="only this head (default both)")
     p.add_argument("--targets", help="only these target modules, comma-separated, e.g. query,key,value")
     p.add_argument("--layers", help="only this layer range, e.g. 8-11")
-    p.add_argument("--top", type=int, default=10, help="length of the shortlist")
+    p.add_argument("--top", type=_int_at_least(1), default=10, help="length of the shortlist")
     p.add_argument("--pick", type=int, default=1, help="shortlist entry whose YAML is printed")
-    p.add_argument("--pretrained", action="store_true", help="read the checkpoint to count modules it lacks")
+    p.add_argument("--pretrained", action="store_true",
+                   help="load the checkpoint to count modules it lacks (a local folder's safetensors tell without it)")
     p.add_argument("--output", help="also write the YAML to this file")
     p.add_argument("--json", action="store_true", help="print the shortlist as JSON instead of the table + YAML")
     p.add_argument("overrides", nargs="*", help="key=value overrides of --config")

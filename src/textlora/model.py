@@ -78,6 +78,9 @@ class BuiltModel:
     head_modules: list[str]
     fresh_modules: list[str]
     """Modules whose weights the checkpoint lacked (beyond the head), made trainable."""
+    fresh_known: bool = True
+    """False when the checkpoint's weight names could not be read without loading it (a hub id, a folder
+    without safetensors): ``fresh_modules`` is then empty whether or not the checkpoint lacks any."""
 
 
 def load_model_config(name_or_path: str, label_map: Optional[LabelMap] = None, num_labels: int = 2,
@@ -123,6 +126,47 @@ def head_module_names(model: torch.nn.Module) -> list[str]:
             if name != prefix and any(True for _ in child.parameters())]
 
 
+def checkpoint_keys(name_or_path: str) -> Optional[set[str]]:
+    """Weight names of a local folder's safetensors checkpoint, from the file headers (no tensor is read).
+
+    Sharded checkpoints are read from ``model.safetensors.index.json``. Returns None for a hub id or a
+    folder without safetensors weights: what such a checkpoint lacks is known only by loading it.
+    """
+    folder = Path(resolve_model_location(name_or_path))
+    index, single = folder / "model.safetensors.index.json", folder / "model.safetensors"
+    try:
+        if index.is_file():
+            return set(json.loads(index.read_text())["weight_map"])
+        if single.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(single), framework="pt") as handle:
+                return set(handle.keys())
+    except Exception as exc:  # bad JSON, no weight_map, a corrupt header: train could not load it either
+        raise ConfigError(f"model.name_or_path={name_or_path!r}: could not read the weight names of its checkpoint "
+                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); re-save the model "
+                          "or pick another folder") from None
+    return None
+
+
+def _missing_from_names(model: torch.nn.Module, names: set[str]) -> Optional[list[str]]:
+    """Keys of ``model``'s state dict that a checkpoint with weight ``names`` lacks, as transformers loads it.
+
+    Checkpoint names are matched as loading matches them: an encoder saved alone (``encoder.layer.0...``)
+    gains the model's ``base_model_prefix``, and legacy ``LayerNorm.gamma``/``beta`` mean ``weight``/``bias``.
+    Returns None when no name matches at all (a naming this matching does not know: the count would be wrong).
+    """
+    expected = set(model.state_dict())
+    prefix = model.base_model_prefix
+    found = set()
+    for name in names:
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        found.add(name if name in expected or not prefix else f"{prefix}.{name}")
+    if not found & expected:
+        return None
+    return sorted(expected - found)
+
+
 def _fresh_modules(missing_keys, head: list[str]) -> list[str]:
     """Parent modules of weights the checkpoint lacks, the head excluded (e.g. ``bert.pooler.dense``)."""
     modules = {key.rsplit(".", 1)[0] for key in missing_keys}
@@ -143,17 +187,21 @@ def lora_config(cfg: ModelConfig, modules_to_save: list[str]) -> LoraConfig:
 
 
 def build_base_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained: bool,
-                     num_labels: int = 2) -> tuple[torch.nn.Module, list[str]]:
+                     num_labels: int = 2) -> tuple[torch.nn.Module, Optional[list[str]]]:
     """Instantiate the stock classifier; returns it and the keys its checkpoint lacked.
 
-    With ``pretrained=False`` it is built on the meta device from the config alone (for counting).
+    With ``pretrained=False`` it is built on the meta device from the config alone (for counting); the
+    lacking keys then come from the safetensors headers of a local folder (:func:`checkpoint_keys`), and
+    are None (unknown) for a hub id or a folder without safetensors weights.
     """
     config = load_model_config(cfg.name_or_path, label_map, num_labels, shapes_only=not pretrained)
     if not pretrained:
         with torch.device("meta"):
             model = AutoModelForSequenceClassification.from_config(config)
         apply_head(model, cfg.head)
-        return model, [f"{name}.weight" for name in head_module_names(model)]
+        names = checkpoint_keys(cfg.name_or_path)
+        # As with a real load below: a module the head replaced is gone from the state dict, so not lacking.
+        return model, None if names is None else _missing_from_names(model, names)
     try:
         _quiet_transformers()
         model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -196,7 +244,7 @@ def build_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained: boo
     base, missing = build_base_model(cfg, label_map, pretrained, num_labels)
     _check_max_length(cfg, base)
     head = head_module_names(base)
-    fresh = _fresh_modules(missing, head)
+    fresh = _fresh_modules(missing or [], head)
     if pretrained and fresh:
         print(f"[model] not in the checkpoint, trained from scratch: {', '.join(fresh)}")
     try:
@@ -204,7 +252,24 @@ def build_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained: boo
     except ValueError as exc:
         raise ConfigError(f"model.target_modules={list(cfg.target_modules)} / model.layers={cfg.layers!r}: "
                           f"{str(exc).splitlines()[0]}") from None
-    return BuiltModel(model=model, head_modules=head, fresh_modules=fresh)
+    return BuiltModel(model=model, head_modules=head, fresh_modules=fresh, fresh_known=missing is not None)
+
+
+def build_counting_twin(built: BuiltModel, cfg: ModelConfig) -> BuiltModel:
+    """``cfg``'s model on the meta device, from ``built``'s architecture, for counting a nearby configuration.
+
+    The checkpoint is the same, so what it lacks is too: ``built``'s fresh modules are kept where ``cfg``'s
+    head keeps them (``model.head=linear`` removes a BERT pooler, fresh or not).
+    """
+    config = built.model.get_base_model().config
+    with torch.device("meta"):
+        base = AutoModelForSequenceClassification.from_config(config)
+    apply_head(base, cfg.head)
+    head = head_module_names(base)
+    modules = dict(base.named_modules())
+    fresh = [m for m in built.fresh_modules if m in modules and any(True for _ in modules[m].parameters())]
+    model = get_peft_model(base, lora_config(cfg, head + fresh))
+    return BuiltModel(model=model, head_modules=head, fresh_modules=fresh, fresh_known=built.fresh_known)
 
 
 def _check_max_length(cfg: ModelConfig, model: torch.nn.Module) -> None:

@@ -2,12 +2,16 @@
 
 Counts come from the same code that enforces the budget at train time (budget.py): the model is
 built on the meta device (no weights read), the head's and any fresh module's parameters are
-counted from the peft-wrapped model, and LoRA adds ``r * (in + out)`` per adapted Linear. The pick
-is re-counted by building it for real before it is printed, so the YAML never lies.
+counted from the peft-wrapped model, and LoRA adds ``r * (in + out)`` per adapted Linear. Fresh
+modules (weights the checkpoint lacks) are found from a local folder's safetensors headers, or by
+loading the checkpoint with ``pretrained``; for a hub id without ``pretrained`` they are not counted
+and the plan says so. The pick is re-counted by building it for real before it is printed, so the
+YAML never lies.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, replace
 from itertools import product
 from pathlib import Path
@@ -21,7 +25,7 @@ from .checkpoint import atomic_write_text
 from .config import ModelConfig, RunConfig, config_to_yaml, load_config
 from .errors import BudgetError, ConfigError
 from .heads import HEADS
-from .model import layer_index
+from .model import layer_index, lora_config
 
 RANKS = (1, 2, 4, 8, 16, 32, 64)
 # Target lists in peft's suffix matching; note that "output.dense" also matches attention.output.dense,
@@ -48,7 +52,7 @@ class Candidate:
     layers: Optional[str]
     lora: int
     head_params: int
-    """Non-LoRA trainable parameters: the head (and fresh modules, counted with ``pretrained``)."""
+    """Non-LoRA trainable parameters: the head and fresh modules (see the module docstring for when those are known)."""
 
     @property
     def total(self) -> int:
@@ -73,8 +77,6 @@ def layer_ranges(num_layers: int) -> list[Optional[str]]:
 def _matched_types(base: torch.nn.Module, cfg: ModelConfig) -> str:
     """Short names of the module types ``cfg.target_modules`` adapts in one layer (``q,v``)."""
     from peft.tuners.tuners_utils import check_target_module_exists
-
-    from .model import lora_config
 
     config = lora_config(replace(cfg, layers=None), [])
     found = []
@@ -167,6 +169,7 @@ def plan(budget: int, model: Optional[str] = None, num_labels: int = 4, base: Op
     whole = base is not None
     base = base or RunConfig()
     model_cfg = replace(base.model, max_trainable_params=budget, **({"name_or_path": model} if model else {}))
+    _check_search(model_cfg, num_labels, targets, layers)
     sets = [tuple(targets)] if targets else TARGET_SETS
     candidates = enumerate_candidates(model_cfg, num_labels, ranks, heads, sets,
                                       [layers] if layers else None, pretrained)
@@ -183,14 +186,18 @@ def plan(budget: int, model: Optional[str] = None, num_labels: int = 4, base: Op
         raise ConfigError(f"--pick {pick}: the shortlist has {len(ranked)} entries; pick 1..{len(ranked)}")
     chosen = ranked[pick - 1]
     config = replace(base, model=chosen.model_config(model_cfg))
-    _verify(chosen, config.model, num_labels, pretrained)
+    note = _verify(chosen, config.model, num_labels, pretrained)
     text = _yaml(config, chosen, budget, whole)
     if as_json:
         import json
 
         print(json.dumps([{**asdict(c), "total": c.total} for c in ranked], indent=2))
+        if note:
+            print(f"note: {note}", file=sys.stderr)  # stdout stays one JSON document
     else:
         print(table(ranked, budget))
+        if note:
+            print(f"note: {note}")
         print(f"\n# pick {pick}: textlora train --config <this file>")
         print(text)
     if output is not None:
@@ -199,11 +206,43 @@ def plan(budget: int, model: Optional[str] = None, num_labels: int = 4, base: Op
     return ranked
 
 
-def _verify(chosen: Candidate, cfg: ModelConfig, num_labels: int, pretrained: bool) -> None:
-    # The pick is built for real (on the meta device) and counted by the train-time code path.
+def _verify(chosen: Candidate, cfg: ModelConfig, num_labels: int, pretrained: bool) -> Optional[str]:
+    """Build the pick for real (on the meta device), count it by the train-time code path; return its note."""
     breakdown, _ = count_model(cfg, num_labels=num_labels, pretrained=pretrained)
     if breakdown.total != chosen.total:
         raise AssertionError(f"plan counted {chosen.total:,} but the built model has {breakdown.total:,}")
+    return breakdown.note
+
+
+def _check_search(model_cfg: ModelConfig, num_labels: int, targets: Optional[list[str]], layers: Optional[str]) -> None:
+    """Refuse ``--targets`` the model has no Linear for and ``--layers`` beyond its last layer, naming them.
+
+    Without this, nothing would match and the search would end in a misleading "nothing fits the budget".
+    """
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    from .config import parse_layer_range
+    from .model import LAYER_PATTERN, build_base_model, load_model_config
+
+    name = model_cfg.name_or_path
+    if layers is not None:
+        wanted = parse_layer_range(layers, "model.layers")
+        num_layers = load_model_config(name, num_labels=num_labels, shapes_only=True).num_hidden_layers
+        if wanted[-1] >= num_layers:
+            raise ConfigError(f"--layers {layers}: {name} has {num_layers} layers, numbered 0-{num_layers - 1}; "
+                              f"give a range within them, e.g. {num_layers // 2}-{num_layers - 1}")
+    if not targets:
+        return
+    base, _ = build_base_model(replace(model_cfg, head="standard"), None, pretrained=False, num_labels=num_labels)
+    linears = [n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)]
+    unknown = [t for t in targets if not any(
+        check_target_module_exists(lora_config(replace(model_cfg, target_modules=[t], layers=None), []), n)
+        for n in linears)]
+    if unknown:
+        in_layer = [n[LAYER_PATTERN.search(n).end():] for n in linears if layer_index(n) == 0]
+        raise ConfigError(f"--targets {','.join(targets)}: {name} has no Linear module named "
+                          f"{', '.join(repr(t) for t in unknown)}; its encoder layers' Linear modules are "
+                          f"{', '.join(in_layer)} (a suffix such as {in_layer[0].rsplit('.', 1)[-1]} is enough)")
 
 
 def _yaml(config: RunConfig, chosen: Candidate, budget: int, whole: bool) -> str:
