@@ -16,15 +16,21 @@ from . import allocator
 from .errors import RunFolderError, TextloraError, os_error_message
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (a batch of 0 rows, or -3, would fail later and less clearly)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number (give 1 or more)")
-    return value
+def _int_at_least(minimum: int, why: str = ""):
+    """An argparse type: an integer >= ``minimum`` (``why`` explains the minimum in the error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{why}, got {value}")
+        return value
+    return parse
+
+
+positive_int = _int_at_least(1)
+"""argparse type for counts such as --batch-size: 0 or -3 would fail later and less clearly."""
 
 
 def _data_source(args, run_dir: Path):
@@ -144,19 +150,6 @@ def cmd_sweep(args) -> None:
     sweep(Path(args.config), args.grid, args.overrides)
 
 
-def _int_at_least(minimum: int, why: str = ""):
-    """An argparse type: an integer >= ``minimum`` (``why`` explains the minimum in the error)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}{why}, got {value}")
-        return value
-    return parse
-
-
 def _rank_list(text: str) -> list[int]:
     """An argparse type: comma-separated LoRA ranks, each a whole number >= 1 (``4,8``)."""
     try:
@@ -264,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", choices=["standard", "linear"], help="only this head (default both)")
     p.add_argument("--targets", help="only these target modules, comma-separated, e.g. query,key,value")
     p.add_argument("--layers", help="only this layer range, e.g. 8-11")
-    p.add_argument("--top", type=_int_at_least(1), default=10, help="length of the shortlist")
+    p.add_argument("--top", type=positive_int, default=10, help="length of the shortlist")
     p.add_argument("--pick", type=int, default=1, help="shortlist entry whose YAML is printed")
     p.add_argument("--pretrained", action="store_true",
                    help="load the checkpoint to count modules it lacks (a local folder's safetensors tell without it)")
