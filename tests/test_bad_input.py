@@ -19,7 +19,8 @@ from transformers import AutoTokenizer
 from textlora import checkpoint as ckpt
 from textlora.cli import main
 from textlora.data import extract_texts
-from textlora.readers import read_table
+from textlora.errors import DataError
+from textlora.readers import iter_table, read_table
 
 from .conftest import AGNEWS_SMALL
 
@@ -108,6 +109,9 @@ TRAIN_CASES = {
                  ["not valid UTF-8", "re-save it as UTF-8"]),
     "wrong-column-count": (_data("two.csv", [["1", "only title"], ["2", "x"]]),
                            ["2 columns but column_names lists 3", "fix column_names"]),
+    "non-utf8-names-line-and-byte": (_data("latin1b.csv", b'"1","a","b"\n"2","c\xe9\xff","d"\n'),
+                                     ["latin1b.csv is not valid UTF-8 at line 2, byte 19 of the file",
+                                      "iconv -f latin1 -t utf-8"]),
     "wrong-text-column": (lambda d: ["data.train.text_columns=[body]"], ["text column(s) ['body'] not found",
                                                                         "Set text_columns"]),
     "missing-label-column": (lambda d: ["data.train.label_column=topic"], ["label column 'topic' not found",
@@ -289,6 +293,8 @@ INFERENCE_CASES = {
                          ["not valid UTF-8", "re-save it as UTF-8"]),
     "predict-wrong-text-column": ("predict", _eval_data("two.csv", [["1", "a"], ["2", "b"]]),
                                   ["2 columns but column_names lists 3", "fix column_names"]),
+    "predict-non-utf8-names-line-and-byte": ("predict", lambda d: _bytes_file(d / "l1.csv", b"1,a,b\n2,caf\xe9,b\n"),
+                                             ["not valid UTF-8 at line 2, byte 12 of the file", "iconv"]),
     "predict-hostile-pickle": ("predict", lambda d: str(_hostile_pickle(d)), ["refused", "system",
                                                                              "convert the data to CSV"]),
 }
@@ -322,6 +328,21 @@ def test_bad_inference_input(messy_run, tmp_path, capsys, command, make, fragmen
     _fails_clearly(argv, capsys, *fragments)
     assert not out.exists() and not (run / "evaluations").exists()
     assert not (tmp_path / "SENTINEL").exists()
+
+
+def _good_rows_then(path, last: bytes, good=8300):
+    """``good`` well-formed headerless rows, then ``last``: past predict's first 8,192-row chunk."""
+    path.write_bytes(b"".join(b'"%d","title %d","words %d"\n' % (1 + i % 4, i, i) for i in range(good)) + last)
+    return path
+
+
+def test_a_latin1_byte_after_the_first_streamed_chunk_names_its_line_and_byte(tmp_path):
+    path = _good_rows_then(tmp_path / "late.csv", b'"3","caf\xe9","d"\n')
+    offset = path.read_bytes().index(b"\xe9") + 1
+    for read in (lambda: read_table(str(path), ["label", "title", "description"]),
+                 lambda: list(iter_table(str(path), ["label", "title", "description"]))):
+        with pytest.raises(DataError, match=f"not valid UTF-8 at line 8301, byte {offset} of the file"):
+            read()
 
 
 @pytest.mark.parametrize("where, fragments", [("missing-folder", ["does not exist", "create it first"]),

@@ -6,7 +6,9 @@ decides what a text or a label is (that is :mod:`textlora.data`).
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import itertools
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -99,14 +101,35 @@ def _read_errors(file: Path, fmt: str):
         yield
     except DataError:
         raise
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"data file {file} is not valid UTF-8 (byte {exc.start}: {exc.object[exc.start:exc.start + 4]!r}); "
-            "re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
-        ) from None
+    except UnicodeDecodeError:
+        raise DataError(f"data file {file} is not valid UTF-8{_where_utf8_breaks(file)}; "
+                        "re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"data file {file} could not be read as {fmt}: {_first_line(exc)}; check that it is a "
                         f"complete {fmt} file (or give it the suffix of its real format)") from None
+
+
+def _where_utf8_breaks(file: Path, block_bytes: int = 1 << 20) -> str:
+    """`` at line L, byte B of the file (b'...')`` for the first invalid UTF-8 sequence, counted from 1.
+
+    The decode error itself cannot say this: pandas decodes a buffer at a time and its offset
+    is relative to that buffer. So the file is scanned again, in binary; only on this error path.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    consumed, lines = 0, 0
+    with file.open("rb") as handle:
+        for block in itertools.chain(iter(lambda: handle.read(block_bytes), b""), [b""]):
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                # exc.object is the decoder's held-back bytes (an unfinished character, never a
+                # newline) followed by this block.
+                start = consumed - (len(exc.object) - len(block)) + exc.start
+                line = lines + exc.object[:exc.start].count(b"\n") + 1
+                return f" at line {line}, byte {start + 1} of the file ({exc.object[exc.start:exc.start + 4]!r})"
+            consumed += len(block)
+            lines += block.count(b"\n")
+    return ""
 
 
 def _first_line(exc: Exception) -> str:
