@@ -12,7 +12,7 @@ import re
 
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from textlora.config import DataConfig, DataSource
@@ -150,3 +150,23 @@ def _csv_lines(rows) -> list[str]:
         csv.writer(buffer, lineterminator="\r\n").writerow(row)
         lines.append(buffer.getvalue())
     return lines
+
+
+def _line_ends(text: str) -> int:
+    """Line ends as the readers count lines: \\r\\n, \\r or \\n (not the other breaks str.splitlines knows)."""
+    return len(re.findall(r"\r\n|\r|\n", text))
+
+
+@FAST
+@given(rows=ROWS, data=st.data())
+def test_a_row_with_too_few_fields_is_refused_at_its_line(tmp_path_factory, rows, data):
+    # A short first row is refused too, as a column count that differs from column_names.
+    assume(len(rows) > 1)
+    short = data.draw(st.integers(1, len(rows) - 1), label="short row")
+    keep = data.draw(st.integers(1, 2), label="fields kept")
+    lines = _csv_lines([row[:keep] if i == short else row for i, row in enumerate(rows)])
+    path = tmp_path_factory.mktemp("short") / "rows.csv"
+    path.write_bytes("".join(lines).encode())
+    line = _line_ends("".join(lines[:short])) + 1
+    with pytest.raises(DataError, match=rf"line {line} \(data row {short}\) has {keep} field\(s\) but column_names"):
+        read_table(str(path), ["label", "title", "body"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import csv
 import itertools
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -104,7 +105,7 @@ def _read_errors(file: Path, fmt: str):
     except UnicodeDecodeError:
         raise DataError(f"data file {file} is not valid UTF-8{_where_utf8_breaks(file)}; "
                         "re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
+    except (ValueError, OSError, pd.errors.ParserError, csv.Error) as exc:
         raise DataError(f"data file {file} could not be read as {fmt}: {_first_line(exc)}; check that it is a "
                         f"complete {fmt} file (or give it the suffix of its real format)") from None
 
@@ -137,7 +138,8 @@ def _first_line(exc: Exception) -> str:
 
 
 def _read_delimited(file: Path, column_names, sep: str) -> pd.DataFrame:
-    return next(_stream_delimited(file, column_names, sep, None))
+    with contextlib.closing(_stream_delimited(file, column_names, sep, None)) as frames:
+        return next(frames)
 
 
 def _stream_delimited(file: Path, column_names, sep: str, chunk_rows: Optional[int]) -> Iterator[pd.DataFrame]:
@@ -148,13 +150,72 @@ def _stream_delimited(file: Path, column_names, sep: str, chunk_rows: Optional[i
     header = None if column_names else "infer"
     reader = pd.read_csv(file, sep=sep, header=header, dtype=str, keep_default_na=False, encoding="utf-8",
                          chunksize=chunk_rows)
-    for frame in ([reader] if chunk_rows is None else reader):
-        if column_names:
-            if len(frame.columns) != len(column_names):
-                raise DataError(f"data file {file} has {len(frame.columns)} columns but column_names lists "
-                                f"{len(column_names)} ({', '.join(column_names)}); fix column_names")
-            frame.columns = list(column_names)
-        yield frame
+    with contextlib.closing(_records(file, sep)) as records:
+        if header is not None:
+            with _unlimited_csv_fields():
+                next(records, None)
+        first_row = 0
+        for frame in ([reader] if chunk_rows is None else reader):
+            if column_names:
+                if len(frame.columns) != len(column_names):
+                    raise DataError(f"data file {file} has {len(frame.columns)} columns but column_names lists "
+                                    f"{len(column_names)} ({', '.join(column_names)}); fix column_names")
+                frame.columns = list(column_names)
+            _check_no_short_rows(file, records, first_row, len(frame), list(map(str, frame.columns)),
+                                 "column_names lists" if column_names else "the header row has")
+            first_row += len(frame)
+            yield frame
+
+
+def _check_no_short_rows(file: Path, records: Iterator[tuple[int, list]], first_row: int, rows: int,
+                         names: list[str], expected_from: str) -> None:
+    """Raise for the first of the next ``rows`` records with fewer fields than ``names``.
+
+    pandas pads a short row with empty cells, so it cannot be told from a row whose trailing
+    cells are really empty; the csv module's records (read alongside, same rows) can.
+    """
+    with _unlimited_csv_fields():
+        for row, (line, fields) in enumerate(itertools.islice(records, rows), start=first_row):
+            if len(fields) < len(names):
+                raise DataError(
+                    f"data file {file} line {line} (data row {row}) has {len(fields)} field(s) but {expected_from} "
+                    f"{len(names)} ({', '.join(names)}); add the missing fields (an empty one is written as \"\") "
+                    "or remove the row")
+
+
+def _records(file: Path, sep: str) -> Iterator[tuple[int, list[str]]]:
+    """The file's records as ``(first line, fields)``, split by the csv module the way pandas splits rows.
+
+    The lines pandas skips (empty, or only spaces and tabs other than ``sep``) are left out, so
+    the n-th record is pandas' n-th row. (They differ only on blank lines ended by a lone ``\\r``,
+    old Mac style, where pandas also drops the next line's leading space, tab or separator.)
+    """
+    last_line = [""]  # the raw line the reader took last: tells `   ` (skipped) from `"   "` (a cell)
+
+    def lines(handle):
+        for line in handle:
+            last_line[0] = line
+            yield line
+
+    blank = " \t".replace(sep, "")
+    with file.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(lines(handle), delimiter=sep)
+        start = 1
+        for fields in reader:
+            skipped = len(fields) <= 1 and reader.line_num == start and not last_line[0].rstrip("\r\n").strip(blank)
+            if not skipped:
+                yield start, fields
+            start = reader.line_num + 1
+
+
+@contextlib.contextmanager
+def _unlimited_csv_fields():
+    """Lift the csv module's 128 KiB cell limit (pandas has none) for the reads inside, then restore it."""
+    previous = csv.field_size_limit(2**31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _read_jsonl(file: Path, column_names) -> pd.DataFrame:
