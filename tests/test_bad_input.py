@@ -296,7 +296,13 @@ INFERENCE_CASES = {
     "predict-non-utf8": ("predict", lambda d: _bytes_file(d / "latin1.csv", "1,café,b\n".encode("latin-1")),
                          ["not valid UTF-8", "re-save it as UTF-8"]),
     "predict-wrong-text-column": ("predict", _eval_data("two.csv", [["1", "a"], ["2", "b"]]),
-                                  ["2 columns but column_names lists 3", "fix column_names"]),
+                                  ["2 columns but column_names lists 3", "pass --header", "--column-names"]),
+    # The run was trained on a headerless CSV; a file with a header row needs --header, not a config edit.
+    "predict-header-row-on-a-headerless-run": ("predict", lambda d: _text_file(d / "str.csv", "text,label\na,1\n"),
+                                               ["2 columns but column_names lists 3", "has a header row, pass --header",
+                                                "--text-columns"]),
+    "evaluate-header-row-on-a-headerless-run": ("evaluate", lambda d: _text_file(d / "str.csv", "text,label\na,1\n"),
+                                                ["2 columns but column_names lists 3", "pass --header"]),
     "evaluate-row-with-too-few-fields": ("evaluate", _eval_data("short.csv", [["1", "a", "b"], ["2", "c"]]),
                                          ["short.csv line 2 (data row 1) has 2 field(s)", "add the missing fields"]),
     "predict-row-with-too-few-fields": ("predict",
@@ -311,6 +317,11 @@ INFERENCE_CASES = {
 
 def _bytes_file(path, data: bytes) -> str:
     path.write_bytes(data)
+    return str(path)
+
+
+def _text_file(path, text: str) -> str:
+    path.write_text(text)
     return str(path)
 
 
@@ -337,6 +348,12 @@ def test_bad_inference_input(messy_run, tmp_path, capsys, command, make, fragmen
     _fails_clearly(argv, capsys, *fragments)
     assert not out.exists() and not (run / "evaluations").exists()
     assert not (tmp_path / "SENTINEL").exists()
+
+
+def test_the_header_hint_is_the_fix(messy_run, tmp_path):
+    data, out = _text_file(tmp_path / "str.csv", "text,label\nstocks fell,3\nthe match,2\n"), tmp_path / "out.csv"
+    assert main(["predict", str(messy_run[0]), "--data", data, "--header", "--output", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 3
 
 
 def _good_rows_then(path, last: bytes, good=8300):

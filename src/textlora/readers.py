@@ -35,7 +35,12 @@ def looks_like_hub_name(spec: str) -> bool:
     return bool(spec) and not Path(spec).exists() and Path(spec).suffix.lower() not in FILE_FORMATS
 
 
-def read_table(path: str, column_names: Optional[Sequence[str]] = None, split: Optional[str] = None) -> pd.DataFrame:
+NAMES_FIX = "fix column_names"
+"""What a wrong column count tells the user to change when the names come from a training config."""
+
+
+def read_table(path: str, column_names: Optional[Sequence[str]] = None, split: Optional[str] = None,
+               names_fix: str = NAMES_FIX) -> pd.DataFrame:
     """Read every row of ``path`` as a DataFrame.
 
     Args:
@@ -43,6 +48,8 @@ def read_table(path: str, column_names: Optional[Sequence[str]] = None, split: O
         column_names: names for a CSV/TSV without a header row; when given, the first row is
             data, not a header.
         split: split of a hub dataset (default ``train``).
+        names_fix: the fix a CSV/TSV whose column count differs from ``column_names`` is told
+            (evaluate/predict name their command-line flags here).
     Returns:
         The rows, with text kept as strings (CSV cells are never guessed into numbers).
     """
@@ -52,28 +59,28 @@ def read_table(path: str, column_names: Optional[Sequence[str]] = None, split: O
         return _read_hub(path, split or "train")
     file, fmt = _checked_file(path)
     with _read_errors(file, fmt):
-        frame = _READERS[fmt](file, column_names)
+        frame = _READERS[fmt](file, column_names, names_fix)
     if len(frame) == 0:
         raise DataError(f"data file {file} has no data rows; write rows into it or point at another file")
     return frame
 
 
 def iter_table(path: str, column_names: Optional[Sequence[str]] = None, split: Optional[str] = None,
-               chunk_rows: int = 8192) -> Iterator[pd.DataFrame]:
+               chunk_rows: int = 8192, names_fix: str = NAMES_FIX) -> Iterator[pd.DataFrame]:
     """Like :func:`read_table`, but yields the rows in order, ``chunk_rows`` at a time.
 
     CSV, TSV, JSONL and Parquet files are streamed, so memory stays flat however long the file;
     JSON, pickle and hub datasets have no streaming form and are read whole, then cut.
     """
     if looks_like_hub_name(path) or FILE_FORMATS.get(Path(path).suffix.lower()) in ("json", "pickle"):
-        frame = read_table(path, column_names, split)
+        frame = read_table(path, column_names, split, names_fix)
         for start in range(0, len(frame), chunk_rows):
             yield frame.iloc[start:start + chunk_rows].reset_index(drop=True)
         return
     file, fmt = _checked_file(path)
     rows = 0
     with _read_errors(file, fmt):
-        for frame in _STREAMERS[fmt](file, column_names, chunk_rows):
+        for frame in _STREAMERS[fmt](file, column_names, chunk_rows, names_fix):
             rows += len(frame)
             yield frame.reset_index(drop=True)
     if rows == 0:
@@ -137,12 +144,13 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _read_delimited(file: Path, column_names, sep: str) -> pd.DataFrame:
-    with contextlib.closing(_stream_delimited(file, column_names, sep, None)) as frames:
+def _read_delimited(file: Path, column_names, sep: str, names_fix: str) -> pd.DataFrame:
+    with contextlib.closing(_stream_delimited(file, column_names, sep, None, names_fix)) as frames:
         return next(frames)
 
 
-def _stream_delimited(file: Path, column_names, sep: str, chunk_rows: Optional[int]) -> Iterator[pd.DataFrame]:
+def _stream_delimited(file: Path, column_names, sep: str, chunk_rows: Optional[int],
+                      names_fix: str) -> Iterator[pd.DataFrame]:
     # dtype=str + keep_default_na=False: texts like "NA" or "null" stay texts, and empty cells
     # become "" (counted later) instead of float NaN.
     # The names are set after reading: given to read_csv, too few would silently add empty columns
@@ -159,7 +167,7 @@ def _stream_delimited(file: Path, column_names, sep: str, chunk_rows: Optional[i
             if column_names:
                 if len(frame.columns) != len(column_names):
                     raise DataError(f"data file {file} has {len(frame.columns)} columns but column_names lists "
-                                    f"{len(column_names)} ({', '.join(column_names)}); fix column_names")
+                                    f"{len(column_names)} ({', '.join(column_names)}); {names_fix}")
                 frame.columns = list(column_names)
             _check_no_short_rows(file, records, first_row, len(frame), list(map(str, frame.columns)),
                                  "column_names lists" if column_names else "the header row has")
@@ -218,46 +226,48 @@ def _unlimited_csv_fields():
         csv.field_size_limit(previous)
 
 
-def _read_jsonl(file: Path, column_names) -> pd.DataFrame:
+def _read_jsonl(file: Path) -> pd.DataFrame:
     return pd.read_json(file, lines=True, dtype=False, encoding="utf-8")
 
 
-def _read_json(file: Path, column_names) -> pd.DataFrame:
+def _read_json(file: Path) -> pd.DataFrame:
     return pd.read_json(file, dtype=False, encoding="utf-8")
 
 
-def _read_parquet(file: Path, column_names) -> pd.DataFrame:
+def _read_parquet(file: Path) -> pd.DataFrame:
     return pd.read_parquet(file)
 
 
-def _read_pickle(file: Path, column_names) -> pd.DataFrame:
+def _read_pickle(file: Path) -> pd.DataFrame:
     from .safe_pickle import read_pickled_table
 
     return read_pickled_table(file)
 
 
+# Each reader is called as (file, column_names, names_fix); only CSV/TSV use the last two.
 _READERS = {
-    "csv": lambda f, c: _read_delimited(f, c, ","),
-    "tsv": lambda f, c: _read_delimited(f, c, "\t"),
-    "jsonl": _read_jsonl,
-    "json": _read_json,
-    "parquet": _read_parquet,
-    "pickle": _read_pickle,
+    "csv": lambda f, c, fix: _read_delimited(f, c, ",", fix),
+    "tsv": lambda f, c, fix: _read_delimited(f, c, "\t", fix),
+    "jsonl": lambda f, c, fix: _read_jsonl(f),
+    "json": lambda f, c, fix: _read_json(f),
+    "parquet": lambda f, c, fix: _read_parquet(f),
+    "pickle": lambda f, c, fix: _read_pickle(f),
 }
 
 
-def _stream_parquet(file: Path, column_names, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _stream_parquet(file: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     import pyarrow.parquet as pq
 
     for batch in pq.ParquetFile(file).iter_batches(batch_size=chunk_rows):
         yield batch.to_pandas()
 
 
+# Each streamer is called as (file, column_names, chunk_rows, names_fix).
 _STREAMERS = {
-    "csv": lambda f, c, n: _stream_delimited(f, c, ",", n),
-    "tsv": lambda f, c, n: _stream_delimited(f, c, "\t", n),
-    "jsonl": lambda f, c, n: pd.read_json(f, lines=True, dtype=False, encoding="utf-8", chunksize=n),
-    "parquet": _stream_parquet,
+    "csv": lambda f, c, n, fix: _stream_delimited(f, c, ",", n, fix),
+    "tsv": lambda f, c, n, fix: _stream_delimited(f, c, "\t", n, fix),
+    "jsonl": lambda f, c, n, fix: pd.read_json(f, lines=True, dtype=False, encoding="utf-8", chunksize=n),
+    "parquet": lambda f, c, n, fix: _stream_parquet(f, n),
 }
 
 
