@@ -20,7 +20,8 @@ from transformers import AutoTokenizer
 from textlora import checkpoint as ckpt
 from textlora.cli import main
 from textlora.data import extract_texts
-from textlora.readers import read_table
+from textlora.errors import DataError
+from textlora.readers import iter_table, read_table
 
 from .conftest import AGNEWS_SMALL, write_tiny_config
 from .report_helpers import tiny_bert_without_pooler_dir
@@ -117,6 +118,13 @@ TRAIN_CASES = {
                  ["not valid UTF-8", "re-save it as UTF-8"]),
     "wrong-column-count": (_data("two.csv", [["1", "only title"], ["2", "x"]]),
                            ["2 columns but column_names lists 3", "fix column_names"]),
+    "non-utf8-names-line-and-byte": (_data("latin1b.csv", b'"1","a","b"\n"2","c\xe9\xff","d"\n'),
+                                     ["latin1b.csv is not valid UTF-8 at line 2, byte 19 of the file",
+                                      "iconv -f latin1 -t utf-8"]),
+    # pandas pads a short row with empty cells; it must not pass as a row whose trailing cells are empty.
+    "row-with-too-few-fields": (_data("short.csv", _LABELS_12 + [["3", "only a title"]] + _LABELS_12),
+                                ["short.csv line 13 (data row 12) has 2 field(s) but column_names lists 3",
+                                 "add the missing fields"]),
     "wrong-text-column": (lambda d: ["data.train.text_columns=[body]"], ["text column(s) ['body'] not found",
                                                                         "Set text_columns"]),
     "missing-label-column": (lambda d: ["data.train.label_column=topic"], ["label column 'topic' not found",
@@ -303,7 +311,20 @@ INFERENCE_CASES = {
     "predict-non-utf8": ("predict", lambda d: _bytes_file(d / "latin1.csv", "1,café,b\n".encode("latin-1")),
                          ["not valid UTF-8", "re-save it as UTF-8"]),
     "predict-wrong-text-column": ("predict", _eval_data("two.csv", [["1", "a"], ["2", "b"]]),
-                                  ["2 columns but column_names lists 3", "fix column_names"]),
+                                  ["2 columns but column_names lists 3", "pass --header", "--column-names"]),
+    # The run was trained on a headerless CSV; a file with a header row needs --header, not a config edit.
+    "predict-header-row-on-a-headerless-run": ("predict", lambda d: _text_file(d / "str.csv", "text,label\na,1\n"),
+                                               ["2 columns but column_names lists 3", "has a header row, pass --header",
+                                                "--text-columns"]),
+    "evaluate-header-row-on-a-headerless-run": ("evaluate", lambda d: _text_file(d / "str.csv", "text,label\na,1\n"),
+                                                ["2 columns but column_names lists 3", "pass --header"]),
+    "evaluate-row-with-too-few-fields": ("evaluate", _eval_data("short.csv", [["1", "a", "b"], ["2", "c"]]),
+                                         ["short.csv line 2 (data row 1) has 2 field(s)", "add the missing fields"]),
+    "predict-row-with-too-few-fields": ("predict",
+                                        _eval_data("short.csv", [["1", "a", "b"], ["2", "c"], ["3", "", ""]]),
+                                        ["short.csv line 2 (data row 1) has 2 field(s)", "add the missing fields"]),
+    "predict-non-utf8-names-line-and-byte": ("predict", lambda d: _bytes_file(d / "l1.csv", b"1,a,b\n2,caf\xe9,b\n"),
+                                             ["not valid UTF-8 at line 2, byte 12 of the file", "iconv"]),
     "predict-hostile-pickle": ("predict", lambda d: str(_hostile_pickle(d)), ["refused", "system",
                                                                              "convert the data to CSV"]),
 }
@@ -311,6 +332,11 @@ INFERENCE_CASES = {
 
 def _bytes_file(path, data: bytes) -> str:
     path.write_bytes(data)
+    return str(path)
+
+
+def _text_file(path, text: str) -> str:
+    path.write_text(text)
     return str(path)
 
 
@@ -337,6 +363,47 @@ def test_bad_inference_input(messy_run, tmp_path, capsys, command, make, fragmen
     _fails_clearly(argv, capsys, *fragments)
     assert not out.exists() and not (run / "evaluations").exists()
     assert not (tmp_path / "SENTINEL").exists()
+
+
+def test_the_header_hint_is_the_fix(messy_run, tmp_path):
+    data, out = _text_file(tmp_path / "str.csv", "text,label\nstocks fell,3\nthe match,2\n"), tmp_path / "out.csv"
+    assert main(["predict", str(messy_run[0]), "--data", data, "--header", "--output", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 3
+
+
+def _good_rows_then(path, last: bytes, good=8300):
+    """``good`` well-formed headerless rows, then ``last``: past predict's first 8,192-row chunk."""
+    path.write_bytes(b"".join(b'"%d","title %d","words %d"\n' % (1 + i % 4, i, i) for i in range(good)) + last)
+    return path
+
+
+def test_a_short_row_after_the_first_streamed_chunk_is_refused(tmp_path):
+    path = _good_rows_then(tmp_path / "late.csv", b'"3","only a title"\n"4","t","d"\n')
+    message = r"late.csv line 8301 \(data row 8300\) has 2 field\(s\) but column_names lists 3"
+    with pytest.raises(DataError, match=message):
+        list(iter_table(str(path), ["label", "title", "description"]))
+
+
+def test_a_latin1_byte_after_the_first_streamed_chunk_names_its_line_and_byte(tmp_path):
+    path = _good_rows_then(tmp_path / "late.csv", b'"3","caf\xe9","d"\n')
+    offset = path.read_bytes().index(b"\xe9") + 1
+    for read in (lambda: read_table(str(path), ["label", "title", "description"]),
+                 lambda: list(iter_table(str(path), ["label", "title", "description"]))):
+        with pytest.raises(DataError, match=f"not valid UTF-8 at line 8301, byte {offset} of the file"):
+            read()
+
+
+def test_empty_trailing_fields_and_blank_lines_are_not_short_rows(tmp_path):
+    path = tmp_path / "ok.csv"
+    path.write_text('"1","a","b"\n"3","e",""\n3,e,\n\n   \n4,,\n"5","f","g"\n')
+    frame = read_table(str(path), ["label", "title", "description"])
+    assert frame.values.tolist() == [["1", "a", "b"], ["3", "e", ""], ["3", "e", ""], ["4", "", ""], ["5", "f", "g"]]
+    header = tmp_path / "header.tsv"
+    header.write_text("label\ttext\n1\t\n2\tb\n")
+    assert read_table(str(header)).values.tolist() == [["1", ""], ["2", "b"]]
+    header.write_text("label\ttext\n1\t\n2\n")
+    with pytest.raises(DataError, match=r"line 3 \(data row 1\) has 1 field\(s\) but the header row has 2"):
+        read_table(str(header))
 
 
 @pytest.mark.parametrize("where, fragments", [("missing-folder", ["does not exist", "create it first"]),

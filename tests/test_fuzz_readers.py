@@ -5,16 +5,20 @@ standard writer, reading it back gives the same cells. For any bytes at all, rea
 returns a table or raises the one clear :class:`DataError`, never another exception.
 """
 
+import csv
+import io
 import json
+import re
 
 import pandas as pd
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from textlora.config import DataConfig, DataSource
 from textlora.data import extract_texts, prepare_training_data
 from textlora.errors import DataError
-from textlora.readers import read_table
+from textlora.readers import _where_utf8_breaks, read_table
 
 # Unicode without surrogates (not encodable as UTF-8), with the characters that break naive CSV
 # handling drawn often.
@@ -117,3 +121,52 @@ def test_training_data_is_prepared_or_refused_clearly(tmp_path_factory, rows, va
     assert len(data.train) + len(data.validation) + report["train_empty_texts_dropped"] == len(rows)
     assert all(0 <= y < data.label_map.num_labels for y in data.train.labels + data.validation.labels)
     assert all(t for t in data.train.texts + data.validation.texts)  # blank texts never reach training
+
+
+@FAST
+@given(rows=ROWS, data=st.data(), bad=st.sampled_from([b"\xff", b"\xe9", b"\xc3(", b"\xed\xa0\x80"]))
+def test_a_non_utf8_byte_is_named_by_its_line_and_offset(tmp_path_factory, rows, data, bad):
+    # The bad bytes go inside a quoted cell of an added row, so the CSV stays well-formed
+    # (bytes cut into a `""` escape would make it a parse error instead).
+    at = data.draw(st.integers(0, len(rows)), label="row with the bad bytes")
+    start = data.draw(CELL, label="text before them").replace('"', '""')
+    lines = _csv_lines(rows)
+    before = "".join(lines[:at]).encode() + b'"1","' + start.encode()
+    path = tmp_path_factory.mktemp("utf8") / "rows.csv"
+    path.write_bytes(before + bad + b'","body"\r\n' + "".join(lines[at:]).encode())
+    line = before.count(b"\n") + 1
+    where = f"at line {line}, byte {len(before) + 1} of the file"
+    with pytest.raises(DataError, match=re.escape(where)):
+        read_table(str(path), ["label", "title", "body"])
+    # Blocks a few bytes long: a character split across two blocks is not an error, the bad one is.
+    assert _where_utf8_breaks(path, block_bytes=3).startswith(f" {where}")
+
+
+def _csv_lines(rows) -> list[str]:
+    """Each row as the csv module writes it (\\r\\n line ends, cells quoted where needed)."""
+    lines = []
+    for row in rows:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\r\n").writerow(row)
+        lines.append(buffer.getvalue())
+    return lines
+
+
+def _line_ends(text: str) -> int:
+    """Line ends as the readers count lines: \\r\\n, \\r or \\n (not the other breaks str.splitlines knows)."""
+    return len(re.findall(r"\r\n|\r|\n", text))
+
+
+@FAST
+@given(rows=ROWS, data=st.data())
+def test_a_row_with_too_few_fields_is_refused_at_its_line(tmp_path_factory, rows, data):
+    # A short first row is refused too, as a column count that differs from column_names.
+    assume(len(rows) > 1)
+    short = data.draw(st.integers(1, len(rows) - 1), label="short row")
+    keep = data.draw(st.integers(1, 2), label="fields kept")
+    lines = _csv_lines([row[:keep] if i == short else row for i, row in enumerate(rows)])
+    path = tmp_path_factory.mktemp("short") / "rows.csv"
+    path.write_bytes("".join(lines).encode())
+    line = _line_ends("".join(lines[:short])) + 1
+    with pytest.raises(DataError, match=rf"line {line} \(data row {short}\) has {keep} field\(s\) but column_names"):
+        read_table(str(path), ["label", "title", "body"])

@@ -213,7 +213,7 @@ def load_inference_data(source: DataSource, label_map: Optional[LabelMap], clean
     When the run's text columns are absent but the file has a ``text`` column (Kaggle's pickle),
     ``text`` is used and that is said.
     """
-    frame = read_table(source.path, source.column_names, source.split)
+    frame = read_table(source.path, source.column_names, source.split, _inference_names_fix(source))
     texts = extract_texts(frame, _inference_text_columns(frame, source), f"data {source.path}", clean_backslashes)
     empty = sum(1 for t in texts if not t)
     stats = {"rows": len(texts), "empty_texts": empty}
@@ -228,9 +228,16 @@ def load_inference_data(source: DataSource, label_map: Optional[LabelMap], clean
 def iter_inference_texts(source: DataSource, clean_backslashes: bool, chunk_rows: int = 8192) -> Iterator[list[str]]:
     """The rows' texts for predict, in input order, ``chunk_rows`` at a time (memory stays flat)."""
     columns = None
-    for frame in iter_table(source.path, source.column_names, source.split, chunk_rows):
+    names_fix = _inference_names_fix(source)
+    for frame in iter_table(source.path, source.column_names, source.split, chunk_rows, names_fix):
         columns = columns or _inference_text_columns(frame, source)
         yield extract_texts(frame, columns, f"data {source.path}", clean_backslashes)
+
+
+def _inference_names_fix(source: DataSource) -> str:
+    """The fix for a wrong column count at evaluate/predict: the flags that override the run's column names."""
+    return (f"if {source.path} has a header row, pass --header (and --text-columns if its text is not in "
+            f"{', '.join(source.text_columns)} or text); otherwise name its columns with --column-names")
 
 
 def _inference_text_columns(frame: pd.DataFrame, source: DataSource) -> list[str]:

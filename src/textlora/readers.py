@@ -6,7 +6,10 @@ decides what a text or a label is (that is :mod:`textlora.data`).
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import csv
+import itertools
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -32,7 +35,12 @@ def looks_like_hub_name(spec: str) -> bool:
     return bool(spec) and not Path(spec).exists() and Path(spec).suffix.lower() not in FILE_FORMATS
 
 
-def read_table(path: str, column_names: Optional[Sequence[str]] = None, split: Optional[str] = None) -> pd.DataFrame:
+NAMES_FIX = "fix column_names"
+"""What a wrong column count tells the user to change when the names come from a training config."""
+
+
+def read_table(path: str, column_names: Optional[Sequence[str]] = None, split: Optional[str] = None,
+               names_fix: str = NAMES_FIX) -> pd.DataFrame:
     """Read every row of ``path`` as a DataFrame.
 
     Args:
@@ -40,6 +48,8 @@ def read_table(path: str, column_names: Optional[Sequence[str]] = None, split: O
         column_names: names for a CSV/TSV without a header row; when given, the first row is
             data, not a header.
         split: split of a hub dataset (default ``train``).
+        names_fix: the fix a CSV/TSV whose column count differs from ``column_names`` is told
+            (evaluate/predict name their command-line flags here).
     Returns:
         The rows, with text kept as strings (CSV cells are never guessed into numbers).
     """
@@ -49,28 +59,28 @@ def read_table(path: str, column_names: Optional[Sequence[str]] = None, split: O
         return _read_hub(path, split or "train")
     file, fmt = _checked_file(path)
     with _read_errors(file, fmt):
-        frame = _READERS[fmt](file, column_names)
+        frame = _READERS[fmt](file, column_names, names_fix)
     if len(frame) == 0:
         raise DataError(f"data file {file} has no data rows; write rows into it or point at another file")
     return frame
 
 
 def iter_table(path: str, column_names: Optional[Sequence[str]] = None, split: Optional[str] = None,
-               chunk_rows: int = 8192) -> Iterator[pd.DataFrame]:
+               chunk_rows: int = 8192, names_fix: str = NAMES_FIX) -> Iterator[pd.DataFrame]:
     """Like :func:`read_table`, but yields the rows in order, ``chunk_rows`` at a time.
 
     CSV, TSV, JSONL and Parquet files are streamed, so memory stays flat however long the file;
     JSON, pickle and hub datasets have no streaming form and are read whole, then cut.
     """
     if looks_like_hub_name(path) or FILE_FORMATS.get(Path(path).suffix.lower()) in ("json", "pickle"):
-        frame = read_table(path, column_names, split)
+        frame = read_table(path, column_names, split, names_fix)
         for start in range(0, len(frame), chunk_rows):
             yield frame.iloc[start:start + chunk_rows].reset_index(drop=True)
         return
     file, fmt = _checked_file(path)
     rows = 0
     with _read_errors(file, fmt):
-        for frame in _STREAMERS[fmt](file, column_names, chunk_rows):
+        for frame in _STREAMERS[fmt](file, column_names, chunk_rows, names_fix):
             rows += len(frame)
             yield frame.reset_index(drop=True)
     if rows == 0:
@@ -99,25 +109,48 @@ def _read_errors(file: Path, fmt: str):
         yield
     except DataError:
         raise
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"data file {file} is not valid UTF-8 (byte {exc.start}: {exc.object[exc.start:exc.start + 4]!r}); "
-            "re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
-        ) from None
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
+    except UnicodeDecodeError:
+        raise DataError(f"data file {file} is not valid UTF-8{_where_utf8_breaks(file)}; "
+                        "re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
+    except (ValueError, OSError, pd.errors.ParserError, csv.Error) as exc:
         raise DataError(f"data file {file} could not be read as {fmt}: {_first_line(exc)}; check that it is a "
                         f"complete {fmt} file (or give it the suffix of its real format)") from None
+
+
+def _where_utf8_breaks(file: Path, block_bytes: int = 1 << 20) -> str:
+    """`` at line L, byte B of the file (b'...')`` for the first invalid UTF-8 sequence, counted from 1.
+
+    The decode error itself cannot say this: pandas decodes a buffer at a time and its offset
+    is relative to that buffer. So the file is scanned again, in binary; only on this error path.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    consumed, lines = 0, 0
+    with file.open("rb") as handle:
+        for block in itertools.chain(iter(lambda: handle.read(block_bytes), b""), [b""]):
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                # exc.object is the decoder's held-back bytes (an unfinished character, never a
+                # newline) followed by this block.
+                start = consumed - (len(exc.object) - len(block)) + exc.start
+                line = lines + exc.object[:exc.start].count(b"\n") + 1
+                return f" at line {line}, byte {start + 1} of the file ({exc.object[exc.start:exc.start + 4]!r})"
+            consumed += len(block)
+            lines += block.count(b"\n")
+    return ""
 
 
 def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _read_delimited(file: Path, column_names, sep: str) -> pd.DataFrame:
-    return next(_stream_delimited(file, column_names, sep, None))
+def _read_delimited(file: Path, column_names, sep: str, names_fix: str) -> pd.DataFrame:
+    with contextlib.closing(_stream_delimited(file, column_names, sep, None, names_fix)) as frames:
+        return next(frames)
 
 
-def _stream_delimited(file: Path, column_names, sep: str, chunk_rows: Optional[int]) -> Iterator[pd.DataFrame]:
+def _stream_delimited(file: Path, column_names, sep: str, chunk_rows: Optional[int],
+                      names_fix: str) -> Iterator[pd.DataFrame]:
     # dtype=str + keep_default_na=False: texts like "NA" or "null" stay texts, and empty cells
     # become "" (counted later) instead of float NaN.
     # The names are set after reading: given to read_csv, too few would silently add empty columns
@@ -125,55 +158,116 @@ def _stream_delimited(file: Path, column_names, sep: str, chunk_rows: Optional[i
     header = None if column_names else "infer"
     reader = pd.read_csv(file, sep=sep, header=header, dtype=str, keep_default_na=False, encoding="utf-8",
                          chunksize=chunk_rows)
-    for frame in ([reader] if chunk_rows is None else reader):
-        if column_names:
-            if len(frame.columns) != len(column_names):
-                raise DataError(f"data file {file} has {len(frame.columns)} columns but column_names lists "
-                                f"{len(column_names)} ({', '.join(column_names)}); fix column_names")
-            frame.columns = list(column_names)
-        yield frame
+    with contextlib.closing(_records(file, sep)) as records:
+        if header is not None:
+            with _unlimited_csv_fields():
+                next(records, None)
+        first_row = 0
+        for frame in ([reader] if chunk_rows is None else reader):
+            if column_names:
+                if len(frame.columns) != len(column_names):
+                    raise DataError(f"data file {file} has {len(frame.columns)} columns but column_names lists "
+                                    f"{len(column_names)} ({', '.join(column_names)}); {names_fix}")
+                frame.columns = list(column_names)
+            _check_no_short_rows(file, records, first_row, len(frame), list(map(str, frame.columns)),
+                                 "column_names lists" if column_names else "the header row has")
+            first_row += len(frame)
+            yield frame
 
 
-def _read_jsonl(file: Path, column_names) -> pd.DataFrame:
+def _check_no_short_rows(file: Path, records: Iterator[tuple[int, list]], first_row: int, rows: int,
+                         names: list[str], expected_from: str) -> None:
+    """Raise for the first of the next ``rows`` records with fewer fields than ``names``.
+
+    pandas pads a short row with empty cells, so it cannot be told from a row whose trailing
+    cells are really empty; the csv module's records (read alongside, same rows) can.
+    """
+    with _unlimited_csv_fields():
+        for row, (line, fields) in enumerate(itertools.islice(records, rows), start=first_row):
+            if len(fields) < len(names):
+                raise DataError(
+                    f"data file {file} line {line} (data row {row}) has {len(fields)} field(s) but {expected_from} "
+                    f"{len(names)} ({', '.join(names)}); add the missing fields (an empty one is written as \"\") "
+                    "or remove the row")
+
+
+def _records(file: Path, sep: str) -> Iterator[tuple[int, list[str]]]:
+    """The file's records as ``(first line, fields)``, split by the csv module the way pandas splits rows.
+
+    The lines pandas skips (empty, or only spaces and tabs other than ``sep``) are left out, so
+    the n-th record is pandas' n-th row. (They differ only on blank lines ended by a lone ``\\r``,
+    old Mac style, where pandas also drops the next line's leading space, tab or separator.)
+    """
+    last_line = [""]  # the raw line the reader took last: tells `   ` (skipped) from `"   "` (a cell)
+
+    def lines(handle):
+        for line in handle:
+            last_line[0] = line
+            yield line
+
+    blank = " \t".replace(sep, "")
+    with file.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(lines(handle), delimiter=sep)
+        start = 1
+        for fields in reader:
+            skipped = len(fields) <= 1 and reader.line_num == start and not last_line[0].rstrip("\r\n").strip(blank)
+            if not skipped:
+                yield start, fields
+            start = reader.line_num + 1
+
+
+@contextlib.contextmanager
+def _unlimited_csv_fields():
+    """Lift the csv module's 128 KiB cell limit (pandas has none) for the reads inside, then restore it."""
+    previous = csv.field_size_limit(2**31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _read_jsonl(file: Path) -> pd.DataFrame:
     return pd.read_json(file, lines=True, dtype=False, encoding="utf-8")
 
 
-def _read_json(file: Path, column_names) -> pd.DataFrame:
+def _read_json(file: Path) -> pd.DataFrame:
     return pd.read_json(file, dtype=False, encoding="utf-8")
 
 
-def _read_parquet(file: Path, column_names) -> pd.DataFrame:
+def _read_parquet(file: Path) -> pd.DataFrame:
     return pd.read_parquet(file)
 
 
-def _read_pickle(file: Path, column_names) -> pd.DataFrame:
+def _read_pickle(file: Path) -> pd.DataFrame:
     from .safe_pickle import read_pickled_table
 
     return read_pickled_table(file)
 
 
+# Each reader is called as (file, column_names, names_fix); only CSV/TSV use the last two.
 _READERS = {
-    "csv": lambda f, c: _read_delimited(f, c, ","),
-    "tsv": lambda f, c: _read_delimited(f, c, "\t"),
-    "jsonl": _read_jsonl,
-    "json": _read_json,
-    "parquet": _read_parquet,
-    "pickle": _read_pickle,
+    "csv": lambda f, c, fix: _read_delimited(f, c, ",", fix),
+    "tsv": lambda f, c, fix: _read_delimited(f, c, "\t", fix),
+    "jsonl": lambda f, c, fix: _read_jsonl(f),
+    "json": lambda f, c, fix: _read_json(f),
+    "parquet": lambda f, c, fix: _read_parquet(f),
+    "pickle": lambda f, c, fix: _read_pickle(f),
 }
 
 
-def _stream_parquet(file: Path, column_names, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _stream_parquet(file: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     import pyarrow.parquet as pq
 
     for batch in pq.ParquetFile(file).iter_batches(batch_size=chunk_rows):
         yield batch.to_pandas()
 
 
+# Each streamer is called as (file, column_names, chunk_rows, names_fix).
 _STREAMERS = {
-    "csv": lambda f, c, n: _stream_delimited(f, c, ",", n),
-    "tsv": lambda f, c, n: _stream_delimited(f, c, "\t", n),
-    "jsonl": lambda f, c, n: pd.read_json(f, lines=True, dtype=False, encoding="utf-8", chunksize=n),
-    "parquet": _stream_parquet,
+    "csv": lambda f, c, n, fix: _stream_delimited(f, c, ",", n, fix),
+    "tsv": lambda f, c, n, fix: _stream_delimited(f, c, "\t", n, fix),
+    "jsonl": lambda f, c, n, fix: pd.read_json(f, lines=True, dtype=False, encoding="utf-8", chunksize=n),
+    "parquet": lambda f, c, n, fix: _stream_parquet(f, n),
 }
 
 
