@@ -30,7 +30,7 @@ def _int_at_least(minimum: int, why: str = ""):
 
 
 positive_int = _int_at_least(1)
-"""argparse type for counts such as --batch-size: 0 or -3 would fail later and less clearly."""
+"""argparse type for --batch-size and the like: 0 or -3 would fail later and less clearly."""
 
 
 def _data_source(args, run_dir: Path):
@@ -231,11 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     _add_precision_flag(p)
-    p.add_argument("--max-texts", type=positive_int, default=64, help="texts per request (more: 413)")
-    p.add_argument("--max-chars", type=positive_int, default=2000, help="characters per text (more: 413)")
-    p.add_argument("--max-batch", type=positive_int, default=32, help="most texts in one model call")
+    p.add_argument("--max-texts", type=int, default=64, help="texts per request (more: 413)")
+    p.add_argument("--max-chars", type=int, default=2000, help="characters per text (more: 413)")
+    p.add_argument("--max-batch", type=int, default=32, help="most texts in one model call")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits to share a model call")
-    p.add_argument("--max-queue", type=positive_int, default=4096, help="texts waiting for the model (more: 503)")
+    p.add_argument("--max-queue", type=int, default=4096, help="texts waiting for the model (more: 503)")
     p.add_argument("--root-path", default="", help="URL prefix when behind a reverse proxy, e.g. /textlora")
     p.add_argument("--onnx", action="store_true", help="run an exported folder's model.onnx on ONNX Runtime (CPU)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
