@@ -15,7 +15,8 @@ from argparse import Namespace
 import numpy as np
 import pytest
 
-from benchmarks import accuracy_parity, attention_mask_factor, cpu_step_loop, predict_speed, train_speed
+from benchmarks import (accuracy_parity, attention_mask_factor, cpu_step_loop, dropout_saved_memory, predict_speed,
+                        train_speed)
 from benchmarks import common as bc
 from benchmarks import stacks
 
@@ -277,6 +278,18 @@ def test_attention_mask_factor_times_both_masks_and_restores_textloras(tiny_mode
     text = out.read_text()
     assert "| uint8 (textlora now) |" in text and "| bool (before) |" in text and "- uint8 vs bool: **" in text
     assert cpu_dropout._as_factor is now
+
+
+def test_dropout_saved_memory_counts_less_for_the_byte_mask_and_restores_textloras(tiny_model_dir):
+    from textlora import cpu_dropout
+
+    now = cpu_dropout._Dropout
+    rows = bc.load_agnews(AGNEWS_SMALL, count=dropout_saved_memory.BATCH, seed=0)
+    kept, _, length = dropout_saved_memory._measure(str(tiny_model_dir), rows)
+    byte_mask, dtype_mask = kept.values()
+    # In fp32 or bf16, every dropout mask kept for backward shrinks to 1 byte per element.
+    assert 0 < byte_mask < dtype_mask and length > 1
+    assert cpu_dropout._Dropout is now
 
 
 def test_alternate_windows_runs_every_arm_on_the_same_batches_and_takes_turns_going_first():

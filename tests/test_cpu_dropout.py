@@ -47,6 +47,21 @@ def test_backward_drops_the_same_elements():
     torch.testing.assert_close(x.grad, (out != 0).float() / 0.7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_keeps_a_byte_mask_with_the_results_of_a_scaled_mask(dtype):
+    # The product and gradient are keep_scale's bit for bit, while backward keeps 1 byte per element.
+    x = torch.randn(48, 37, 64, dtype=dtype, requires_grad=True)
+    grad = torch.randn(48, 37, 64, dtype=dtype)
+    torch.manual_seed(3)
+    out = fast_dropout(x, 0.1)
+    (kept,) = out.grad_fn.saved_tensors
+    out.backward(grad)
+    torch.manual_seed(3)
+    mask = cpu_dropout.keep_scale(x.shape, 0.1, dtype)
+    assert kept.dtype == torch.bool and kept.shape == x.shape
+    assert torch.equal(out, x.detach() * mask) and torch.equal(x.grad, grad * mask)
+
+
 def test_masks_follow_the_seed():
     masks = []
     for seed in (7, 7, 8):

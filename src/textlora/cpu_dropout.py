@@ -54,18 +54,29 @@ def keep_scale(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
 
 
 class _Dropout(torch.autograd.Function):
-    """``x * mask``; the mask (already scaled) is what the backward pass multiplies by too."""
+    """``x * keep * scale``; the backward pass multiplies by the same mask and scale.
+
+    The boolean mask is kept for backward (1 byte per element) instead of :func:`keep_scale`'s mask
+    in ``x``'s dtype (4 bytes in fp32, as for a LoRA input): with the scale rounded to that dtype
+    first, ``(x * keep) * scale`` is ``x * keep_scale(...)`` bit for bit (a test checks).
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        mask = keep_scale(x.shape, p, x.dtype)
-        ctx.save_for_backward(mask)
-        return x * mask
+        keep = keep_mask(x.shape, p)
+        ctx.scale = _scale_in(x.dtype, p)
+        ctx.save_for_backward(keep)
+        return torch.mul(x, _as_factor(keep)).mul_(ctx.scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None
+        (keep,) = ctx.saved_tensors
+        return torch.mul(grad, _as_factor(keep)).mul_(ctx.scale), None
+
+
+def _scale_in(dtype: torch.dtype, p: float) -> float:
+    """1 / (1 - p) rounded to ``dtype``, as :func:`keep_scale`'s mask holds it (bf16: 1.109375 for p = 0.1)."""
+    return float(torch.tensor(1.0 / (1.0 - p), dtype=dtype))
 
 
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
