@@ -116,6 +116,8 @@ TRAIN_CASES = {
                                                                                 "check that it is a complete"]),
     "non-utf8": (_data("latin1.csv", "1,café,crème brûlée\n2,a,b\n".encode("latin-1")),
                  ["not valid UTF-8", "re-save it as UTF-8"]),
+    "header-row-under-column-names": (_data("named.csv", [["Label", "Title", "Description"]] + _LABELS_12),
+                                      ["starts with a header row", "set column_names to null"]),
     "wrong-column-count": (_data("two.csv", [["1", "only title"], ["2", "x"]]),
                            ["2 columns but column_names lists 3", "fix column_names"]),
     "non-utf8-names-line-and-byte": (_data("latin1b.csv", b'"1","a","b"\n"2","c\xe9\xff","d"\n'),
@@ -304,6 +306,11 @@ INFERENCE_CASES = {
                             ["1 label value(s) outside the run's classes: 'Cricket' (row 1)", "Fix the labels"]),
     "mixed-labels": ("evaluate", _eval_data("mixed.csv", [["1", "a", "b"], ["x", "c", "d"]]),
                      ["labels mix integers and strings", "use one kind"]),
+    # A header row would be classified as a text: one row too many, every ID after it shifted.
+    "predict-header-row-of-the-run's-names": ("predict", _eval_data("named.csv", [["label", "title", "description"],
+                                                                                  ["1", "a", "b"]]),
+                                              ["starts with a header row (label, title, description)",
+                                               "pass --header"]),
     "missing-labels": ("evaluate", _eval_data("nolabel.csv", [["1", "a", "b"], ["", "c", "d"]]),
                        ["have no label (rows 1)", "fill them in"]),
     "missing-file": ("evaluate", lambda d: str(d / "nope.csv"), ["does not exist", "check the path"]),
@@ -419,23 +426,36 @@ def test_bad_predict_output(messy_run, tmp_path, capsys, where, fragments):
 def test_report_and_compare_replace_only_their_own_output_folders(messy_run, tmp_path, capsys, command, marker):
     # Writing an output folder replaces it whole: pointed at a folder of other files (a run folder, say)
     # that would delete them.
-    runs = [str(messy_run[0])] * (1 if command == "report" else 2)
     victim = tmp_path / "victim-run"
     shutil.copytree(messy_run[0], victim)
+    runs = [str(messy_run[0])] + ([str(victim)] if command == "compare" else [])
     before = sorted(p.name for p in victim.iterdir())
     _fails_clearly([command, *runs, "--output", str(victim)], capsys, str(victim), f"no {marker}",
-                   "would delete them", "choose a new or empty folder")
+                   "would delete what it holds", "Choose a new or empty folder")
     assert sorted(p.name for p in victim.iterdir()) == before
     blocker = _file_in_the_way(tmp_path)
     _fails_clearly([command, *runs, "--output", str(blocker)], capsys, f"{blocker} is a file", "path of a folder")
     assert blocker.read_text() == "keep me\n"
-    # An empty folder, and then the command's own earlier output, are written (replaced) as before.
+    # An empty folder, and then the command's own earlier output, are written (replaced) as before; folders
+    # the user named like its temporary ones beside it are not touched.
     out = tmp_path / "out"
     out.mkdir()
+    for name in ("out.tmp", "out.old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mine.txt").write_text("keep me\n")
     for _ in range(2):
         assert main([command, *runs, "--output", str(out)]) == 0
         assert (out / marker).is_file()
-    assert _leftovers(tmp_path) == []
+    assert all((tmp_path / name / "mine.txt").read_text() == "keep me\n" for name in ("out.tmp", "out.old"))
+    # A file added to that output since is not the command's to delete.
+    (out / "notes.txt").write_text("keep me\n")
+    _fails_clearly([command, *runs, "--output", str(out)], capsys, "it also holds notes.txt", "move those files out")
+    assert (out / "notes.txt").read_text() == "keep me\n" and (out / marker).is_file()
+    assert [p for p in tmp_path.iterdir() if p.name.startswith("out.") and p.name not in ("out.tmp", "out.old")] == []
+
+
+def test_compare_refuses_a_run_given_twice(messy_run, capsys):
+    _fails_clearly(["compare", str(messy_run[0]), str(messy_run[0])], capsys, "is given twice")
 
 
 def test_outputs_under_a_file_are_one_clear_error(messy_run, tmp_path, capsys):

@@ -272,11 +272,15 @@ def test_classes_without_training_rows_are_warned_about_and_counted(tmp_path, ca
     data = prepare_training_data(DataConfig(train=source, validation_size=8), 0)
     assert data.label_map.num_labels == 6
     assert data.report["classes_without_training_rows"] == ["class_0", "class_1"]
-    assert "warning: class(es) ['class_0', 'class_1'] have no training rows" in capsys.readouterr().out
+    assert "warning: label(s) 0, 1 have no training rows" in capsys.readouterr().out
     assert "classes_without_training_rows" not in _prepare().report
 
 
 def test_a_class_of_one_row_is_named_by_its_label(tmp_path):
     source = _text_label_csv(tmp_path / "single.csv", ["World", "Sports"] * 10 + ["NaN"])
-    with pytest.raises(DataError, match=r"class\(es\) 'NaN' have a single training row.*data.validation"):
+    with pytest.raises(DataError, match=r"label\(s\) 'NaN' have a single training row.*data.validation"):
+        prepare_training_data(DataConfig(train=source, validation_size=8), 0)
+    # Int labels are named as the file spells them: 5 of 1-based 1..5, not its class id 4.
+    source = _text_label_csv(tmp_path / "single-int.csv", [1, 2, 3, 4] * 10 + [5])
+    with pytest.raises(DataError, match=r"label\(s\) 5 have a single training row"):
         prepare_training_data(DataConfig(train=source, validation_size=8), 0)

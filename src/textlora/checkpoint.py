@@ -13,6 +13,7 @@ import os
 import pickle
 import random
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -77,33 +78,61 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written folder into place; the old one is removed only after the new one exists."""
-    old = final.with_name(final.name + ".old")
+    """Move a fully written folder into place; the old one is removed only after the new one exists.
+
+    The old folder is set aside under a new name of its own, so a folder the user named ``FINAL.old``
+    is never touched.
+    """
+    old = None
     if final.exists():
-        remove_path(old)
-        os.replace(final, old)
+        old = Path(tempfile.mkdtemp(prefix=f"{final.name}.", suffix=".old", dir=final.parent))
+        os.replace(final, old)  # onto the new, empty folder
     os.replace(tmp, final)
-    remove_path(old)
+    if old is not None:
+        remove_path(old)
+
+
+OUTPUT_LIST = ".textlora-files"
+"""In a folder written by :func:`folder_written_whole`: the names it wrote (JSON), so that only those are replaced."""
+
+
+def _not_replaceable(output: Path, marker: str) -> Optional[str]:
+    """Why replacing ``output`` would delete something this command did not write (None when it would not)."""
+    entries = {path.name for path in output.iterdir()}
+    if not entries:
+        return None
+    if marker not in entries:
+        return f"it has no {marker}, so it is not an earlier output of this command"
+    if (output / OUTPUT_LIST).is_file():
+        written = set(json.loads((output / OUTPUT_LIST).read_text())) | {OUTPUT_LIST}
+        foreign = sorted(entries - written)
+    else:  # written before the list was kept: only the kinds of file report and compare write
+        foreign = sorted(name for name in entries if not name.endswith((".md", ".png", ".json")))
+    return f"it also holds {', '.join(foreign[:3])}, which this command did not write" if foreign else None
 
 
 @contextlib.contextmanager
 def folder_written_whole(output: Path, marker: str, flag: str):
     """A temporary folder to write an output folder into; on success it replaces ``output`` as a whole.
 
-    Replacing deletes the old ``output``, so only an empty folder or one this command wrote before
-    (it holds ``marker``, e.g. report.md) may be replaced: anything else there would be lost.
-    On failure the temporary folder is removed and ``output`` is untouched.
+    Replacing deletes the old ``output``, so only an empty folder, or an earlier output of this command
+    (it holds ``marker``, e.g. report.md) with nothing else added to it, may be replaced. The temporary
+    folder has a name of its own beside ``output``; on failure it is removed and ``output`` is untouched.
     """
     if output.exists() and not output.is_dir():
         raise WriteError(f"{flag} {output} is a file; give the path of a folder to write")
-    if output.is_dir() and any(output.iterdir()) and not (output / marker).is_file():
-        raise WriteError(f"{flag} {output} already holds files that are not an earlier output of this command "
-                         f"(it has no {marker}), and writing there would delete them; choose a new or empty folder")
-    tmp = output.with_name(output.name + ".tmp")
-    remove_path(tmp)
+    reason = _not_replaceable(output, marker) if output.is_dir() else None
+    if reason:
+        raise WriteError(f"{flag} {output} already exists and {reason}; writing there would delete what it holds. "
+                         "Choose a new or empty folder, or move those files out")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{output.name}.", suffix=".tmp", dir=output.parent))
+    except OSError as exc:
+        raise WriteError(os_error_message(exc, f"write {flag} {output}")) from None
     with removed_on_failure(tmp, f"{flag} {output}"):
-        tmp.mkdir(parents=True)
         yield tmp
+        (tmp / OUTPUT_LIST).write_text(json.dumps(sorted(path.name for path in tmp.iterdir())) + "\n")
         replace_dir(tmp, output)
 
 

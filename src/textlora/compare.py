@@ -101,6 +101,11 @@ def compare(run_dirs: Sequence[Path], output: Optional[Path] = None) -> Path:
     """
     if len(run_dirs) < 2:
         raise TextloraError("compare needs at least two run folders")
+    seen = set()
+    for run_dir in run_dirs:
+        if Path(run_dir).resolve() in seen:
+            raise TextloraError(f"{run_dir} is given twice; compare each run folder once")
+        seen.add(Path(run_dir).resolve())
     runs = [load_run_data(Path(d)) for d in run_dirs]
     if output is None:
         output = Path(run_dirs[0]).parent / ("compare-" + "-vs-".join(r.name for r in runs))[:120]

@@ -6,7 +6,7 @@ Everything that is dropped or changed is counted in the returned report and prin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -115,13 +115,13 @@ def prepare_training_data(cfg: DataConfig, seed: int) -> TrainingData:
     label_map = build_label_map(raw, f"train data {cfg.train.path}", names, cfg.label_base)
     labels = label_map.encode(raw, f"train data {cfg.train.path}")
     print(f"[data] {label_map.describe()}")
-    absent = [label_map.names[c] for c in np.flatnonzero(np.bincount(labels, minlength=label_map.num_labels) == 0)]
-    if absent:
+    absent = np.flatnonzero(np.bincount(labels, minlength=label_map.num_labels) == 0)
+    if len(absent):
         # Allowed (data.label_names may list a class the data lacks), but labels 2..5 read as 0-based
         # make classes 0 and 1 this way, silently.
-        report["classes_without_training_rows"] = absent
-        print(f"[data] warning: class(es) {absent} have no training rows, so the model cannot learn them; "
-              "int labels must be 0..K-1 or 1..K (renumber them if they are not)")
+        report["classes_without_training_rows"] = [label_map.names[c] for c in absent]
+        print(f"[data] warning: label(s) {', '.join(label_map.raw_label(c) for c in absent)} have no training rows, "
+              "so the model cannot learn them; int labels must be 0..K-1 or 1..K (renumber them if they are not)")
 
     if cfg.max_train_rows is not None and cfg.max_train_rows < len(texts):
         texts, labels = _stratified_take(texts, labels, cfg.max_train_rows, seed)
@@ -132,7 +132,7 @@ def prepare_training_data(cfg: DataConfig, seed: int) -> TrainingData:
         validation = Split(val_texts, label_map.encode(val_raw, f"validation data {cfg.validation.path}"))
         train = Split(texts, labels)
     else:
-        train, validation = _carve_validation(texts, labels, cfg.validation_size, seed, label_map.names)
+        train, validation = _carve_validation(texts, labels, cfg.validation_size, seed, label_map)
     report["validation_rows"] = len(validation)
 
     # Word counts before and after the length filter, kept per length so the report can draw both.
@@ -165,16 +165,16 @@ def _stratified_take(texts, labels, count, seed):
     return [texts[i] for i in taken], [labels[i] for i in taken]
 
 
-def _carve_validation(texts, labels, size: float, seed: int, names: Sequence[str]) -> tuple[Split, Split]:
+def _carve_validation(texts, labels, size: float, seed: int, label_map: LabelMap) -> tuple[Split, Split]:
     count = int(size) if size >= 1 else size
     if isinstance(count, int) and count >= len(texts):
         raise DataError(f"data.validation_size={count} leaves no training rows (only {len(texts)} rows)")
     # A stratified split puts each class on both sides: a class of one row cannot be split (sklearn's
     # own message names it by class id, not by its label).
-    rows_per_class = np.bincount(np.asarray(labels), minlength=len(names))
-    single = [f"{names[c]!r}" for c in np.flatnonzero(rows_per_class == 1)]
+    rows_per_class = np.bincount(np.asarray(labels), minlength=label_map.num_labels)
+    single = [label_map.raw_label(c) for c in np.flatnonzero(rows_per_class == 1)]
     if single:
-        raise DataError(f"class(es) {', '.join(single)} have a single training row, and a stratified validation split "
+        raise DataError(f"label(s) {', '.join(single)} have a single training row, and a stratified validation split "
                         "needs at least two rows of each class; add rows of those classes or remove that row, "
                         "or give a separate validation file (data.validation)")
     idx = np.arange(len(texts))

@@ -42,6 +42,10 @@ class LabelMap:
             return f"labels are ints {first}..{last} ({self.base}-based), class ids 0..{self.num_labels - 1}: {', '.join(self.names)}"
         return f"labels are strings, class ids 0..{self.num_labels - 1}: {', '.join(self.names)}"
 
+    def raw_label(self, class_id: int) -> str:
+        """Class ``class_id`` as the data spells it: ``5`` for class 4 of 1-based ints, ``'Sports'`` for strings."""
+        return str(class_id + self.base) if self.kind == "int" else repr(self.names[class_id])
+
     def encode(self, raw: Sequence, where: str) -> list[int]:
         """Map raw labels to class ids; a label outside the known set is an error naming it.
 

@@ -169,10 +169,19 @@ def _stream_delimited(file: Path, column_names, sep: str, chunk_rows: Optional[i
                     raise DataError(f"data file {file} has {len(frame.columns)} columns but column_names lists "
                                     f"{len(column_names)} ({', '.join(column_names)}); {names_fix}")
                 frame.columns = list(column_names)
+                if first_row == 0 and len(frame) and _names_the_columns(frame.iloc[0], column_names):
+                    fix = names_fix if names_fix != NAMES_FIX else "set column_names to null, so that it names them"
+                    raise DataError(f"data file {file} starts with a header row ({', '.join(column_names)}), which "
+                                    f"column_names would make a row of data; {fix}")
             _check_no_short_rows(file, records, first_row, len(frame), list(map(str, frame.columns)),
                                  "column_names lists" if column_names else "the header row has")
             first_row += len(frame)
             yield frame
+
+
+def _names_the_columns(row: pd.Series, column_names: Sequence[str]) -> bool:
+    """Whether a first row is the header ``column_names`` describes (a data row spelling every name is not real)."""
+    return all(str(cell).strip().casefold() == str(name).casefold() for cell, name in zip(row, column_names))
 
 
 def _check_no_short_rows(file: Path, records: Iterator[tuple[int, list]], first_row: int, rows: int,
