@@ -29,6 +29,13 @@ def _int_at_least(minimum: int, why: str = ""):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported like every other user error: one ``error:`` line, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
 positive_int = _int_at_least(1)
 """argparse type for --batch-size and the like: 0 or -3 would fail later and less clearly."""
 
@@ -183,7 +190,7 @@ def _add_precision_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="textlora", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="textlora", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a LoRA classifier into a run folder")
