@@ -160,8 +160,7 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(folder: Path, model, optimizer, scheduler, loop_state: dict) -> Path:
     """Write ``folder`` (e.g. ``checkpoints/step-000120``) atomically; returns it."""
     tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    remove_path(tmp)
     run_dir = folder.parent.parent  # checkpoints live in RUN/checkpoints/
     with removed_on_failure(tmp, f"checkpoint {folder}", "continue from the last complete checkpoint with "
                             f"`textlora train --resume {run_dir}`"):

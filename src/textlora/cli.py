@@ -38,6 +38,18 @@ class _Parser(argparse.ArgumentParser):
 
 positive_int = _int_at_least(1)
 """argparse type for --batch-size and the like: 0 or -3 would fail later and less clearly."""
+_NUM_LABELS = _int_at_least(2, " (a classifier needs at least 2 classes)")
+
+
+def _rank_list(text: str) -> list[int]:
+    """An argparse type: comma-separated LoRA ranks, each a whole number >= 1 (``4,8``)."""
+    try:
+        ranks = [int(r) for r in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers, e.g. 4,8") from None
+    if any(r < 1 for r in ranks):
+        raise argparse.ArgumentTypeError(f"{text!r}: every rank must be at least 1")
+    return ranks
 
 
 def _data_source(args, run_dir: Path):
@@ -156,19 +168,6 @@ def cmd_sweep(args) -> None:
 
     sweep(Path(args.config), args.grid, args.overrides)
 
-
-def _rank_list(text: str) -> list[int]:
-    """An argparse type: comma-separated LoRA ranks, each a whole number >= 1 (``4,8``)."""
-    try:
-        ranks = [int(r) for r in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers, e.g. 4,8") from None
-    if any(r < 1 for r in ranks):
-        raise argparse.ArgumentTypeError(f"{text!r}: every rank must be at least 1")
-    return ranks
-
-
-_NUM_LABELS = _int_at_least(2, " (a classifier needs at least 2 classes)")
 
 
 def _add_data_flags(parser: argparse.ArgumentParser, labels: bool) -> None:

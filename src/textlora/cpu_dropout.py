@@ -24,6 +24,7 @@ training, and on other devices, every module behaves as the stock one.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
@@ -74,6 +75,7 @@ class _Dropout(torch.autograd.Function):
         return torch.mul(grad, _as_factor(keep)).mul_(ctx.scale), None
 
 
+@functools.lru_cache(maxsize=None)  # called by every dropout of every step: a tensor each time is waste
 def _scale_in(dtype: torch.dtype, p: float) -> float:
     """1 / (1 - p) rounded to ``dtype``, as :func:`keep_scale`'s mask holds it (bf16: 1.109375 for p = 0.1)."""
     return float(torch.tensor(1.0 / (1.0 - p), dtype=dtype))

@@ -69,7 +69,7 @@ class TrainLoop:
     """The epoch/step loop over prepared model, optimizer, scheduler and loader, writing the run folder as it goes."""
 
     def __init__(self, config, accelerator, model, optimizer, scheduler, loader, val_tokens,
-                 data: TrainingData, pad_id, run_dir, log, state, total_steps, steps_per_epoch):
+                 data: TrainingData, pad_id, run_dir, log, state, total_steps, steps_per_epoch, started: float):
         self.config, self.cfg, self.accelerator = config, config.train, accelerator
         self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, loader
         self.val_tokens, self.data, self.pad_id = val_tokens, data, pad_id
@@ -78,7 +78,7 @@ class TrainLoop:
         self._tokens = 0  # tokens seen since the last _sync_counters (a device tensor once training runs)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
         self.stop = False
-        self.started = time.time()  # train() sets when this invocation started: set-up counts as wall time
+        self.started = started  # when this invocation started: its set-up counts as wall time too
         self.train_cache: Optional[PrefixCache] = None
         self.val_cache: Optional[PrefixCache] = None
 

@@ -35,8 +35,8 @@ def looks_like_hub_name(spec: str) -> bool:
     return bool(spec) and not Path(spec).exists() and Path(spec).suffix.lower() not in FILE_FORMATS
 
 
-NAMES_FIX = "fix column_names"
-"""What a wrong column count tells the user to change when the names come from a training config."""
+NAMES_FIX = "fix column_names (or set column_names to null if the file's first row is a header)"
+"""What a file that column_names does not fit (wrong column count, a header row) is told, for a training config."""
 
 
 def read_table(path: str, column_names: Optional[Sequence[str]] = None, split: Optional[str] = None,
@@ -48,7 +48,7 @@ def read_table(path: str, column_names: Optional[Sequence[str]] = None, split: O
         column_names: names for a CSV/TSV without a header row; when given, the first row is
             data, not a header.
         split: split of a hub dataset (default ``train``).
-        names_fix: the fix a CSV/TSV whose column count differs from ``column_names`` is told
+        names_fix: the fix a CSV/TSV that ``column_names`` does not fit (column count, header row) is told
             (evaluate/predict name their command-line flags here).
     Returns:
         The rows, with text kept as strings (CSV cells are never guessed into numbers).
@@ -170,9 +170,8 @@ def _stream_delimited(file: Path, column_names, sep: str, chunk_rows: Optional[i
                                     f"{len(column_names)} ({', '.join(column_names)}); {names_fix}")
                 frame.columns = list(column_names)
                 if first_row == 0 and len(frame) and _names_the_columns(frame.iloc[0], column_names):
-                    fix = names_fix if names_fix != NAMES_FIX else "set column_names to null, so that it names them"
                     raise DataError(f"data file {file} starts with a header row ({', '.join(column_names)}), which "
-                                    f"column_names would make a row of data; {fix}")
+                                    f"column_names would make a row of data; {names_fix}")
             _check_no_short_rows(file, records, first_row, len(frame), list(map(str, frame.columns)),
                                  "column_names lists" if column_names else "the header row has")
             first_row += len(frame)

@@ -6,6 +6,7 @@ from its newest checkpoint, and the rest are trained.
 
 from __future__ import annotations
 
+import math
 import re
 from itertools import product
 from pathlib import Path
@@ -41,7 +42,7 @@ def parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
             raise ConfigError(f"--grid names {key.strip()} twice; give all its values once: "
                               f"--grid {key.strip()}=v1,v2")
         grid.append((key.strip(), split_values(values)))
-    if len(list(product(*(values for _, values in grid)))) < 2:
+    if math.prod(len(values) for _, values in grid) < 2:
         raise ConfigError("the grid has one combination, so there is nothing to compare; give a key two or more "
                           "values (--grid optim.name=adamw,rmsprop), or train the one run with `textlora train`")
     return grid
@@ -86,18 +87,17 @@ def sweep(config_path: Path, grid_items: Sequence[str], overrides: Sequence[str]
     for values in product(*(vals for _, vals in grid)):
         name = prefix + "-" + "_".join(_folder_part(k, v) for (k, _), v in zip(grid, values))
         items = tuple(overrides) + tuple(f"{k}={v}" for (k, _), v in zip(grid, values)) + (f"train.run_name={name}",)
-        plans.append((name, load_config(config_path, items)))
-    for name, config in plans:
-        run_dir = Path(config.train.output_dir) / name
+        config = load_config(config_path, items)
+        plans.append((Path(config.train.output_dir) / name, config))
+    for run_dir, config in plans:
         # A folder kept or resumed from an earlier sweep must be this run: else the comparison would be wrong.
         if (run_dir / "config.yaml").is_file() and (differences := _trained_otherwise(run_dir, config)):
             shown = "; ".join(f"{k}: {saved!r} there, {planned!r} now" for k, (saved, planned) in differences.items())
             raise ConfigError(f"{run_dir} holds a run of another configuration ({shown}); move or delete it, or set "
                               f"train.output_dir (or train.run_name) so that this sweep writes elsewhere")
-    print(f"[sweep] {len(plans)} runs: " + ", ".join(name for name, _ in plans))
+    print(f"[sweep] {len(plans)} runs: " + ", ".join(run_dir.name for run_dir, _ in plans))
     run_dirs = []
-    for number, (name, config) in enumerate(plans, start=1):
-        run_dir = Path(config.train.output_dir) / name
+    for number, (run_dir, config) in enumerate(plans, start=1):
         print(f"\n[sweep] run {number}/{len(plans)}: {run_dir}")
         if (run_dir / "summary.json").is_file():
             print(f"[sweep] {run_dir} is finished already; kept")

@@ -141,9 +141,8 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
         state = resume_state(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, log)
 
     loop = TrainLoop(config, accelerator, model, optimizer, scheduler, loader, val_tokens, data,
-                 tokenizer.pad_token_id, run_dir, log, state, total_steps, steps_per_epoch)
+                 tokenizer.pad_token_id, run_dir, log, state, total_steps, steps_per_epoch, started)
     loop.train_cache, loop.val_cache = caches
-    loop.started = started
     try:
         loop.run()
         return _finish(loop, data, tokenizer, breakdown.total)
