@@ -123,3 +123,25 @@ def test_export_refuses_a_head_stock_transformers_cannot_load(tiny_run, tmp_path
     err = capsys.readouterr().err
     assert "model.head='linear'" in err and "textlora serve" in err
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_export_force_replaces_only_an_earlier_export(tiny_run, tmp_path, capsys):
+    # --force replaces the folder whole: a user's folder of other files must never be deleted by it.
+    mine = tmp_path / "my-models"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me\n")
+    (mine / "config.json").write_text("{}\n")
+    assert main(["export", str(tiny_run), "--out", str(mine), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and "no textlora.json" in err and "would delete what it holds" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "notes.txt"]
+    # An earlier export is replaced with --force; once a file is added to it, it is not.
+    out = tmp_path / "export"
+    for _ in range(2):
+        assert main(["export", str(tiny_run), "--out", str(out), "--force"]) == 0
+        assert (out / "textlora.json").is_file() and (out / "model.safetensors").is_file()
+    (out / "notes.txt").write_text("keep me\n")
+    assert main(["export", str(tiny_run), "--out", str(out), "--force"]) == 2
+    assert "it also holds notes.txt" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "keep me\n" and (out / "textlora.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "my-models"]  # no temp folders left

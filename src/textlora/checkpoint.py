@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -96,7 +96,12 @@ OUTPUT_LIST = ".textlora-files"
 """In a folder written by :func:`folder_written_whole`: the names it wrote (JSON), so that only those are replaced."""
 
 
-def _not_replaceable(output: Path, marker: str) -> Optional[str]:
+def _report_file(name: str) -> bool:
+    """The kinds of file report and compare write (for their outputs from before :data:`OUTPUT_LIST` was kept)."""
+    return name.endswith((".md", ".png", ".json"))
+
+
+def _not_replaceable(output: Path, marker: str, own: Callable[[str], bool]) -> Optional[str]:
     """Why replacing ``output`` would delete something this command did not write (None when it would not)."""
     entries = {path.name for path in output.iterdir()}
     if not entries:
@@ -104,27 +109,40 @@ def _not_replaceable(output: Path, marker: str) -> Optional[str]:
     if marker not in entries:
         return f"it has no {marker}, so it is not an earlier output of this command"
     if (output / OUTPUT_LIST).is_file():
-        written = set(json.loads((output / OUTPUT_LIST).read_text())) | {OUTPUT_LIST}
+        try:
+            written = set(json.loads((output / OUTPUT_LIST).read_text())) | {OUTPUT_LIST}
+        except (ValueError, TypeError):  # an edited or damaged list proves nothing: trust no name in the folder
+            written = {marker, OUTPUT_LIST}
         foreign = sorted(entries - written)
-    else:  # written before the list was kept: only the kinds of file report and compare write
-        foreign = sorted(name for name in entries if not name.endswith((".md", ".png", ".json")))
+    else:  # written before the list was kept: only the kinds of file this command writes
+        foreign = sorted(name for name in entries if not own(name))
     return f"it also holds {', '.join(foreign[:3])}, which this command did not write" if foreign else None
 
 
-@contextlib.contextmanager
-def folder_written_whole(output: Path, marker: str, flag: str):
-    """A temporary folder to write an output folder into; on success it replaces ``output`` as a whole.
+def check_output_folder(output: Path, marker: str, flag: str, own: Callable[[str], bool] = _report_file) -> None:
+    """Refuse, before any work is done, an output folder whose replacement would delete what the user keeps there.
 
-    Replacing deletes the old ``output``, so only an empty folder, or an earlier output of this command
-    (it holds ``marker``, e.g. report.md) with nothing else added to it, may be replaced. The temporary
-    folder has a name of its own beside ``output``; on failure it is removed and ``output`` is untouched.
+    Only a new or empty folder, or an earlier output of this command (it holds ``marker``, e.g. report.md)
+    with nothing added to it, may be replaced. ``own`` tells the names this command writes, for an earlier
+    output that has no list of what it wrote (:data:`OUTPUT_LIST`).
     """
     if output.exists() and not output.is_dir():
         raise WriteError(f"{flag} {output} is a file; give the path of a folder to write")
-    reason = _not_replaceable(output, marker) if output.is_dir() else None
+    reason = _not_replaceable(output, marker, own) if output.is_dir() else None
     if reason:
         raise WriteError(f"{flag} {output} already exists and {reason}; writing there would delete what it holds. "
                          "Choose a new or empty folder, or move those files out")
+
+
+@contextlib.contextmanager
+def folder_written_whole(output: Path, marker: str, flag: str, own: Callable[[str], bool] = _report_file):
+    """A temporary folder to write an output folder into; on success it replaces ``output`` as a whole.
+
+    Replacing deletes the old ``output``, so it is first checked by :func:`check_output_folder` (``marker``
+    and ``own`` as there). The temporary folder has a name of its own beside ``output``; on failure it is
+    removed and ``output`` is untouched.
+    """
+    check_output_folder(output, marker, flag, own)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{output.name}.", suffix=".tmp", dir=output.parent))

@@ -15,19 +15,30 @@ The folder loads with stock ``transformers`` alone (no textlora, no peft)::
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import check_output_folder, folder_written_whole
 from .errors import TextloraError
 
 EXPORT_INFO = "textlora.json"
 # Heads that the stock AutoModelForSequenceClassification class builds itself; anything else
 # (e.g. a light `linear` head) has no stock class to load into.
 STOCK_HEADS = {None, "", "default", "standard", "auto"}
+
+
+# What an export holds besides textlora.json: to tell an earlier export written before the list of the
+# files it wrote was kept (checkpoint.OUTPUT_LIST) from a folder of the user's own.
+_EXPORT_FILES = {"config.json", "model.safetensors", "model.safetensors.index.json", "model.onnx",
+                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                 "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model",
+                 "chat_template.jinja", EXPORT_INFO}
+
+
+def _export_file(name: str) -> bool:
+    return name in _EXPORT_FILES or (name.startswith("model-") and name.endswith(".safetensors"))
 
 
 class ExportError(TextloraError):
@@ -79,7 +90,7 @@ def export(run_dir: Path, out_dir: Path, onnx: bool = False, force: bool = False
         run_dir: a finished run folder (adapter/, tokenizer/, config.yaml, labels.json).
         out_dir: the folder to create; it must not exist (or be empty) unless ``force``.
         onnx: also write ``model.onnx`` and check its logits against PyTorch.
-        force: replace an existing ``out_dir``.
+        force: replace an earlier export in ``out_dir`` (a folder holding anything else is refused).
     Returns:
         The export info written to ``textlora.json`` (plus ``onnx_max_abs_diff`` with ``onnx``).
     """
@@ -92,10 +103,12 @@ def export(run_dir: Path, out_dir: Path, onnx: bool = False, force: bool = False
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"--out {out_dir} is a file; give the path of a folder to create")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise ExportError(f"--out {out_dir} already exists and is not empty; choose a new folder or pass --force")
+        raise ExportError(f"--out {out_dir} already exists and is not empty; choose a new folder or pass --force "
+                          "(which replaces only an earlier export)")
     if out_dir.resolve() == run_dir.resolve() or run_dir.resolve() in out_dir.resolve().parents:
         raise ExportError(f"--out {out_dir} is inside the run folder {run_dir}; choose a folder outside it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # --force replaces the folder whole: only an earlier export, with nothing added to it, may go.
+    check_output_folder(out_dir, EXPORT_INFO, "--out", _export_file)
 
     run = load_run(run_dir, device="cpu", merge=True)
     model, tokenizer = run.model, run.tokenizer
@@ -107,8 +120,7 @@ def export(run_dir: Path, out_dir: Path, onnx: bool = False, force: bool = False
     tokenizer.model_max_length = run.config.model.max_length
     info = {"format": "textlora-export/1", **run_info(run_dir, run.config, run.label_map)}
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with folder_written_whole(out_dir, EXPORT_INFO, "--out", _export_file) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if onnx:
@@ -118,12 +130,6 @@ def export(run_dir: Path, out_dir: Path, onnx: bool = False, force: bool = False
         tmp.chmod(0o755)
         for file in tmp.iterdir():
             file.chmod(0o644)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"exported {run_dir} -> {out_dir} (merged {model.__class__.__name__}, labels: {', '.join(names)})")
     return info
 
