@@ -454,6 +454,29 @@ def test_report_and_compare_replace_only_their_own_output_folders(messy_run, tmp
     assert [p for p in tmp_path.iterdir() if p.name.startswith("out.") and p.name not in ("out.tmp", "out.old")] == []
 
 
+@pytest.mark.parametrize("link", ["same-path", "symlink", "hard-link"])
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_an_output_that_is_the_input_is_refused(messy_run, tmp_path, capsys, command, link):
+    data = tmp_path / "data.csv"
+    shutil.copy(AGNEWS_SMALL, data)
+    before = data.read_bytes()
+    out = {"same-path": data, "symlink": tmp_path / "link.csv", "hard-link": tmp_path / "hard.csv"}[link]
+    if link == "symlink":
+        out.symlink_to(data)
+    elif link == "hard-link":
+        out.hardlink_to(data)
+    _fails_clearly([command, str(messy_run[0]), "--data", str(data), "--output", str(out)], capsys,
+                   f"--output {out} is the input {data}", "would replace the data", "another file name")
+    assert data.read_bytes() == before and _leftovers(tmp_path) == []
+
+
+def test_a_file_beside_the_output_named_like_a_temp_file_is_kept(messy_run, tmp_path):
+    out = tmp_path / "submission.csv"
+    (tmp_path / "submission.csv.tmp").write_text("keep me\n")
+    assert main(["predict", str(messy_run[0]), "--data", str(AGNEWS_SMALL), "--output", str(out)]) == 0
+    assert (tmp_path / "submission.csv.tmp").read_text() == "keep me\n" and out.is_file()
+
+
 def test_compare_refuses_a_run_given_twice(messy_run, capsys):
     _fails_clearly(["compare", str(messy_run[0]), str(messy_run[0])], capsys, "is given twice")
 

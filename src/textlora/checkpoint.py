@@ -12,11 +12,12 @@ import json
 import os
 import pickle
 import random
+import secrets
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -61,17 +62,29 @@ def remove_path(path: Path) -> None:
             path.unlink()
 
 
-def check_output_file(output: Path, example: str) -> None:
-    """Refuse, before any work is done, an output file path that names a folder or runs through a file."""
+def check_output_file(output: Path, example: str, inputs: Sequence[str | Path] = ()) -> None:
+    """Refuse, before any work is done, an output file path that names a folder, runs through a file,
+    or is one of the command's ``inputs`` (also through a symbolic or hard link): writing it would replace them."""
     if output.is_dir():
         raise WriteError(f"--output {output} is a folder; give a file name such as {example}")
     through = next((p for p in output.parents if p.exists()), None)
     if through is not None and not through.is_dir():
         raise WriteError(f"--output {output}: {through} is a file, not a folder; fix the path")
+    for source in inputs:
+        with contextlib.suppress(OSError):  # an input that is no file (a hub name) cannot be overwritten
+            if output.exists() and os.path.samefile(output, source):
+                raise WriteError(f"--output {output} is the input {source}; writing it would replace the data. "
+                                 f"Give another file name, such as {example}")
+
+
+def temp_beside(path: Path) -> Path:
+    """A temporary name beside ``path`` for writing it atomically: a name of its own, so that a file the
+    user keeps beside it (``out.csv.tmp``) is never overwritten or deleted."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_beside(path)
     with removed_on_failure(tmp, str(path)):
         tmp.write_text(text)
         os.replace(tmp, path)

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .checkpoint import check_output_file, removed_on_failure
+from .checkpoint import check_output_file, removed_on_failure, temp_beside
 from .config import DataSource
 from .errors import DataError
 from .precision import precision_name
@@ -35,7 +35,7 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
     from .inference import load_run
 
     output = Path(output)
-    check_output_file(output, "submission.csv")
+    check_output_file(output, "submission.csv", inputs=[source.path])
     if not output.parent.exists():
         raise DataError(f"--output folder {output.parent} does not exist; create it first")
     run = load_run(run_dir, device=device, precision=precision)
@@ -43,7 +43,7 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
     header = ["ID", "Label"] + (["LabelName"] if with_names else []) + ([f"prob_{n}" for n in names] if with_probs else [])
     per_class = np.zeros(len(names), dtype=np.int64)
     rows = empty = truncated = 0
-    tmp = output.with_name(output.name + ".tmp")
+    tmp = temp_beside(output)
     # Written to a temp file and renamed: a failed or interrupted run never leaves half a submission.
     with removed_on_failure(tmp, f"predictions {output}", "run predict again"):
         with tmp.open("w", newline="") as handle, tqdm(desc="predict", unit=" rows", disable=None) as bar:
