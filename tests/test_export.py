@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,20 @@ def test_export_force_replaces_only_an_earlier_export(tiny_run, tmp_path, capsys
     assert "it also holds notes.txt" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "keep me\n" and (out / "textlora.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "my-models"]  # no temp folders left
+
+
+def test_the_documented_pipeline_call_truncates_as_textlora_classify_does(tiny_run, exported, capsys):
+    from textlora.predict import classify
+
+    # Far beyond the run's 48 tokens and the model's 128 positions: a pipeline that did not truncate would fail.
+    long_text = ("Stocks fell on Wall Street as oil prices rose while the team won the cup. " * 300)[:20_000]
+    texts = [long_text, TEXTS[0]]
+    # The call README's Serving section shows (top_k=None: every class's score).
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert 'pipeline("text-classification", model="exported/quickstart", truncation=True)' in readme
+    classifier = pipeline("text-classification", model=str(exported), truncation=True, device="cpu")
+    got = classifier(texts, top_k=None)
+    want = classify(tiny_run, texts, as_json=True, device="cpu", precision="fp32")
+    capsys.readouterr()
+    for scores, expected in zip(got, want):
+        assert {s["label"]: s["score"] for s in scores} == pytest.approx(expected["probabilities"], abs=1e-5)

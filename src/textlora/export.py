@@ -2,14 +2,16 @@
 
 The folder loads with stock ``transformers`` alone (no textlora, no peft)::
 
-    pipeline("text-classification", model="exported/")   # -> [{"label": "Sports", "score": 0.97}]
+    pipeline("text-classification", model="exported/", truncation=True)("...")   # -> [{"label": "Sports", ...}]
 
     OUT/
       config.json             stock model config, id2label / label2id from the run's label names
       model.safetensors       merged weights: base + LoRA update, classification head included
-      tokenizer files         model_max_length set to the run's model.max_length (same truncation)
+      tokenizer files         model_max_length set to the run's model.max_length (where truncation=True cuts)
       textlora.json           where it came from: base model, labels, trainable params, run metrics
       model.onnx              with --onnx: the same network for ONNX Runtime (checked against PyTorch)
+
+``truncation=True``: a pipeline does not truncate unless asked, and textlora truncates at ``max_length``.
 """
 
 from __future__ import annotations
@@ -110,13 +112,15 @@ def export(run_dir: Path, out_dir: Path, onnx: bool = False, force: bool = False
     # --force replaces the folder whole: only an earlier export, with nothing added to it, may go.
     check_output_folder(out_dir, EXPORT_INFO, "--out", _export_file)
 
-    run = load_run(run_dir, device="cpu", merge=True)
+    # Merged into fp32 weights whatever the run's base_dtype: merged into bf16, LoRA's update would round away.
+    run = load_run(run_dir, device="cpu", merge=True, precision="fp32")
     model, tokenizer = run.model, run.tokenizer
     names = list(run.label_map.names)
     # load_run builds the config with these already; set them again so the export never depends on it.
     model.config.id2label = dict(enumerate(names))
     model.config.label2id = {n: i for i, n in enumerate(names)}
-    # Pipelines truncate at model_max_length: make that the length the run was trained and evaluated with.
+    # A tokenizer called with truncation=True (and no max_length) cuts at model_max_length: make that the
+    # length the run was trained and evaluated with.
     tokenizer.model_max_length = run.config.model.max_length
     info = {"format": "textlora-export/1", **run_info(run_dir, run.config, run.label_map)}
 
