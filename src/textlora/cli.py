@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 from . import allocator
 from .errors import RunFolderError, TextloraError, os_error_message
@@ -52,14 +53,14 @@ def _rank_list(text: str) -> list[int]:
     return ranks
 
 
-def _data_source(args, run_dir: Path):
-    """The ``--data`` rows, read with the run's training options unless flags override them."""
+def _data_source(args, run_dir: Path, path: Optional[str] = None):
+    """The ``--data`` rows (or ``path``'s), read with the run's training options unless flags override them."""
     from .config import DataSource, config_from_yaml_file
 
     if not (run_dir / "config.yaml").is_file():
         raise RunFolderError(f"{run_dir} is not a run folder (no config.yaml); pass the folder `textlora train` printed")
     trained = config_from_yaml_file(run_dir / "config.yaml").data.train
-    source = DataSource(path=args.data, split=args.split, column_names=trained.column_names,
+    source = DataSource(path=args.data if path is None else path, split=args.split, column_names=trained.column_names,
                         text_columns=trained.text_columns, label_column=trained.label_column)
     if args.header:
         source = replace(source, column_names=None)
@@ -101,11 +102,11 @@ def cmd_params(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluate import evaluate
+    from .evaluate import evaluate_many
 
     run_dir = Path(args.run)
-    evaluate(run_dir, _data_source(args, run_dir), Path(args.output) if args.output else None,
-             args.batch_size, args.device, args.precision)
+    evaluate_many(run_dir, [_data_source(args, run_dir, path) for path in args.data],
+                  Path(args.output) if args.output else None, args.batch_size, args.device, args.precision)
 
 
 def cmd_predict(args) -> None:
@@ -170,8 +171,10 @@ def cmd_sweep(args) -> None:
 
 
 
-def _add_data_flags(parser: argparse.ArgumentParser, labels: bool) -> None:
-    parser.add_argument("--data", required=True, help="file (.csv/.tsv/.jsonl/.json/.parquet/.pkl) or hub dataset name")
+def _add_data_flags(parser: argparse.ArgumentParser, labels: bool, many: bool = False) -> None:
+    parser.add_argument("--data", required=True, action="append" if many else "store",
+                        help="file (.csv/.tsv/.jsonl/.json/.parquet/.pkl) or hub dataset name"
+                             + ("; repeat it to evaluate several sets (one table, a column per set)" if many else ""))
     parser.add_argument("--split", default=None, help="split of a hub dataset (default: train)")
     parser.add_argument("--header", action="store_true", help="the CSV has a header row (ignore the run's column_names)")
     parser.add_argument("--column-names", default=None, help="comma-separated names for a CSV without a header")
@@ -208,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics of a run's best model on labelled data")
     p.add_argument("run", help="run folder")
-    _add_data_flags(p, labels=True)
-    p.add_argument("--output", help="JSON file (default RUN/evaluations/<data>.json)")
+    _add_data_flags(p, labels=True, many=True)
+    p.add_argument("--output", help="JSON file of a single --data (default RUN/evaluations/<data>.json, or "
+                                    "<data>-2.json when that holds an evaluation of other data)")
 
     p = sub.add_parser("predict", help="write a submission CSV (ID,Label)")
     p.add_argument("run", help="run folder")

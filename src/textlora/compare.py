@@ -50,7 +50,8 @@ def config_differences(runs: Sequence[RunData]) -> dict:
 
 
 def summary_rows(runs: Sequence[RunData]) -> list[dict]:
-    """One row of final metrics, budget and time per run."""
+    """One row of final metrics, budget and time per run; ``NAME/accuracy`` per eval set when runs have them."""
+    sets = list(dict.fromkeys(name for run in runs for name in run.summary.get("eval_sets", {})))
     rows = []
     for run in runs:
         s, optim = run.summary, run.config.get("optim", {})
@@ -58,6 +59,7 @@ def summary_rows(runs: Sequence[RunData]) -> list[dict]:
         rows.append({"run": run.name, "validation_accuracy": s.get("validation_accuracy"),
                      "validation_macro_f1": run.evals.get("validation", {}).get("macro_f1"),
                      "test_accuracy": test.get("accuracy"), "test_macro_f1": test.get("macro_f1"),
+                     **{f"{name}/accuracy": s.get("eval_sets", {}).get(name, {}).get("accuracy") for name in sets},
                      "best_step": s.get("best_step"), "steps": s.get("steps"),
                      "trainable_params": s.get("trainable_params"), "budget": run.budget.get("budget"),
                      "optimizer": optim.get("name"), "lr": optim.get("lr"),
@@ -81,6 +83,8 @@ def _cell(value, kind: str = "") -> str:
 def markdown_table(rows: list[dict]) -> str:
     columns = [("run", "run", ""), ("validation_accuracy", "val acc", "metric"), ("validation_macro_f1", "val macro-F1", "metric"),
                ("test_accuracy", "test acc", "metric"), ("test_macro_f1", "test macro-F1", "metric"),
+               *[(key, f"{key[:-len('/accuracy')]} acc", "metric") for key in (rows[0] if rows else {})
+                 if key.endswith("/accuracy")],
                ("best_step", "best step", ""), ("steps", "steps", ""), ("trainable_params", "trainable", ""),
                ("budget", "budget", ""), ("optimizer", "optimizer", ""), ("lr", "lr", ""),
                ("wall_seconds", "wall s", "time"), ("train_seconds", "train s", "time"),

@@ -35,6 +35,40 @@ def parse_layer_range(spec: str, key: str) -> list[int]:
     return list(range(start, end + 1))
 
 
+METRICS = ("accuracy", "macro_f1", "loss")
+"""Validation metrics that ``train.metric_for_best`` can name (and each set's, as ``SET/metric``)."""
+COMBINED = ("mean", "min")
+"""``mean/<metric>`` and ``min/<metric>``: over validation and every ``data.eval_sets`` set (accuracy, macro_f1)."""
+
+
+def parse_metric_for_best(spec: str) -> tuple[Optional[str], str]:
+    """Split ``train.metric_for_best`` into (scope, metric).
+
+    Returns:
+        ``(None, metric)`` for the validation split (``accuracy``), ``(name, metric)`` for an eval set
+        (``shifted/accuracy``) and ``("mean"|"min", metric)`` for a combination (``min/accuracy``).
+    """
+    key = "train.metric_for_best"
+    scope, _, metric = str(spec).rpartition("/")
+    allowed = "accuracy, macro_f1, loss, SET/accuracy, SET/macro_f1, SET/loss (SET: a data.eval_sets name), " \
+              "mean/accuracy, mean/macro_f1, min/accuracy or min/macro_f1"
+    _require(metric in METRICS and "/" not in scope and (scope or "/" not in str(spec)), key,
+             f"got {spec!r}, allowed values are {allowed}")
+    _require(scope not in COMBINED or metric != "loss", key,
+             f"got {spec!r}: combinations are over accuracy or macro_f1; use {scope}/accuracy, "
+             f"{scope}/macro_f1 or a single set's loss")
+    return (scope or None), metric
+
+
+def _check_eval_set_name(name: str) -> None:
+    key = f"data.eval_sets.{name}"
+    _require(bool(str(name).strip()), "data.eval_sets", "a set name is empty; name each set, e.g. shifted")
+    _require("/" not in name and "\\" not in name and not name.startswith("."), key,
+             "a set name may not contain '/' or '\\' or start with '.' (it names files in the run folder)")
+    meaning = "the validation split" if name == "validation" else "a combination in train.metric_for_best"
+    _require(name not in ("validation",) + COMBINED, key, f"{name!r} is reserved ({meaning}); choose another name")
+
+
 @dataclass(frozen=True)
 class DataSource:
     """Where one split's rows come from and how to read them."""
@@ -78,8 +112,14 @@ class DataConfig:
     """For int labels: ``auto`` (1-based when 0 is absent and the max equals the class count), ``0`` or ``1``."""
     clean_backslashes: bool = True
     """Replace AG News' ``\\`` line-break escapes with spaces (applied at train and predict time alike)."""
+    eval_sets: Dict[str, DataSource] = field(default_factory=dict)
+    """Extra labelled sets evaluated at every evaluation next to validation and, with the best model, at the end
+    (``RUN/eval_sets/NAME.json``); never trained on. ``{NAME: {path: ..., text_columns: [text], label_column: label}}``,
+    each with the keys of ``data.train``; ``train.metric_for_best`` may name ``NAME/accuracy``."""
 
     def __post_init__(self):
+        for name in self.eval_sets:
+            _check_eval_set_name(name)
         _one_of(self.label_base, "data.label_base", ("auto", "0", "1"))
         _require(self.validation_size > 0, "data.validation_size", "must be > 0 (fraction < 1 or row count)")
         for key in ("min_words", "max_words", "max_train_rows"):
@@ -194,7 +234,9 @@ class TrainConfig:
     log_every_steps: int = 20
     """Write a training line to metrics.jsonl every N optimizer steps."""
     metric_for_best: str = "accuracy"
-    """Validation metric that picks the best model: ``accuracy``, ``macro_f1`` or ``loss``."""
+    """Metric that picks the best model and drives ``patience``: ``accuracy``, ``macro_f1`` or ``loss`` of the
+    validation split; ``NAME/accuracy`` (``/macro_f1``, ``/loss``) of the ``data.eval_sets`` set NAME; or
+    ``mean/accuracy``, ``min/accuracy`` (``/macro_f1``): the mean or the lowest over validation and every set."""
     patience: Optional[int] = None
     """Early stopping: stop after this many evaluations without improvement; null disables it."""
     keep_last: int = 2
@@ -247,7 +289,7 @@ class TrainConfig:
             object.__setattr__(self, "mixed_precision", "no")  # frozen dataclass
         _one_of(self.mixed_precision, "train.mixed_precision", ("auto", "bf16", "fp16", "no"))
         _one_of(self.device, "train.device", ("auto", "cuda", "mps", "cpu"))
-        _one_of(self.metric_for_best, "train.metric_for_best", ("accuracy", "macro_f1", "loss"))
+        parse_metric_for_best(self.metric_for_best)
         _require(self.eval_every_steps is None or self.eval_every_steps > 0, "train.eval_every_steps", "must be > 0 or null")
         _require(self.log_every_steps > 0, "train.log_every_steps", "must be > 0")
         _require(self.patience is None or self.patience > 0, "train.patience", "must be > 0 or null")
@@ -272,6 +314,22 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        check_metric_for_best(self)
+
+
+def check_metric_for_best(config: RunConfig) -> None:
+    """A ``train.metric_for_best`` that names an eval set needs that set in ``data.eval_sets``."""
+    scope, metric = parse_metric_for_best(config.train.metric_for_best)
+    sets = config.data.eval_sets
+    if scope in COMBINED:
+        _require(bool(sets), "train.metric_for_best", f"{scope}/{metric} combines validation with data.eval_sets, "
+                 f"which is empty; add a set to data.eval_sets or use {metric}")
+    elif scope is not None:
+        _require(scope in sets, "train.metric_for_best",
+                 f"{scope}/{metric} names the eval set {scope!r}, but data.eval_sets has "
+                 f"{', '.join(sets) or 'no sets'}; add data.eval_sets.{scope} or name a set it has")
 
 
 def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] = ()) -> RunConfig:

@@ -36,6 +36,8 @@ class TrainingData:
     label_map: LabelMap
     report: dict = field(default_factory=dict)
     test: Optional[Split] = None
+    eval_sets: dict[str, Split] = field(default_factory=dict)
+    """``data.eval_sets`` read like validation, by name: evaluated during training, never trained on."""
 
 
 def extract_texts(frame: pd.DataFrame, text_columns: list[str], where: str, clean_backslashes: bool) -> list[str]:
@@ -104,7 +106,7 @@ def _load_labelled(source: DataSource, where: str, cfg: DataConfig, report: dict
 
 
 def prepare_training_data(cfg: DataConfig, seed: int) -> TrainingData:
-    """Read train (+ validation, + test), map labels, carve the validation split, filter by length.
+    """Read train (+ validation, + test, + eval sets), map labels, carve the validation split, filter by length.
 
     Returns:
         TrainingData whose ``report`` counts rows read, dropped, filtered and per class.
@@ -151,7 +153,14 @@ def prepare_training_data(cfg: DataConfig, seed: int) -> TrainingData:
     if cfg.test is not None:
         test_texts, test_raw, _ = _load_labelled(cfg.test, "test", cfg, report)
         test = Split(test_texts, label_map.encode(test_raw, f"test data {cfg.test.path}"))
-    return TrainingData(train=train, validation=validation, label_map=label_map, report=report, test=test)
+    eval_sets = {}
+    for name, source in cfg.eval_sets.items():
+        set_texts, set_raw, _ = _load_labelled(source, f"eval_sets.{name}", cfg, report)
+        eval_sets[name] = Split(set_texts, label_map.encode(set_raw, f"data.eval_sets.{name} data {source.path}"))
+    if eval_sets:
+        report["eval_set_rows"] = {name: len(split) for name, split in eval_sets.items()}
+    return TrainingData(train=train, validation=validation, label_map=label_map, report=report, test=test,
+                        eval_sets=eval_sets)
 
 
 def _stratified_take(texts, labels, count, seed):

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .data import TrainingData
 from .errors import RunFolderError
+from .eval_sets import eval_line, headline, lower_is_better, selection_value
 from .evaluate import classification_metrics
 from .inference import predict_proba
 from .interrupts import DeferredInterrupt
@@ -81,6 +82,8 @@ class TrainLoop:
         self.started = started  # when this invocation started: its set-up counts as wall time too
         self.train_cache: Optional[PrefixCache] = None
         self.val_cache: Optional[PrefixCache] = None
+        self.set_tokens: dict = {}  # {name: Tokenized} of data.eval_sets, tokenized once up front
+        self.set_caches: dict = {}  # {name: PrefixCache or None}, like val_cache
 
     def run(self) -> None:
         cfg, state = self.cfg, self.state
@@ -183,11 +186,24 @@ class TrainLoop:
         self.val_probs = probs  # the last validation's [N, K] probabilities: _finish saves the best model's
         return classification_metrics(self.data.validation.labels, probs, self.data.label_map.names)
 
+    def evaluate_sets(self) -> dict[str, dict]:
+        """Every ``data.eval_sets`` set's metrics, ``{name: metrics}``, run as validation is (batches, autocast)."""
+        model = self.accelerator.unwrap_model(self.model)
+        results, self.set_probs = {}, {}  # set_probs: the last evaluation's [N, K] per set, saved by _finish
+        for name, tokens in self.set_tokens.items():
+            probs = predict_proba(model, tokens, self.pad_id, self.cfg.batch_size * 2, self.accelerator.device,
+                                  autocast=self.accelerator.autocast, cache=self.set_caches.get(name))
+            self.set_probs[name] = probs
+            results[name] = classification_metrics(self.data.eval_sets[name].labels, probs, self.data.label_map.names)
+        self.model.train()
+        return results
+
     def _evaluate_and_checkpoint(self) -> None:
         state, cfg = self.state, self.cfg
         metrics = self.validate()
-        value = metrics[cfg.metric_for_best]
-        better = state.best_metric is None or (value < state.best_metric if cfg.metric_for_best == "loss"
+        sets = self.evaluate_sets()
+        value = selection_value(cfg.metric_for_best, metrics, sets)
+        better = state.best_metric is None or (value < state.best_metric if lower_is_better(cfg.metric_for_best)
                                                else value > state.best_metric)
         if better:
             state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
@@ -195,12 +211,14 @@ class TrainLoop:
             self._save_adapter()
         else:
             state.evals_without_improvement += 1
-        self.log.write({"kind": "eval", "step": state.step, "epoch": round(state.step / self.steps_per_epoch, 4),
-                        "loss": metrics["loss"], "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-                        "best": better})
+        record = {"kind": "eval", "step": state.step, "epoch": round(state.step / self.steps_per_epoch, 4),
+                  "loss": metrics["loss"], "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                  "best": better}
+        if sets:  # validation stays at the top level, as in runs without eval sets
+            record["sets"] = {name: headline(result) for name, result in sets.items()}
+        self.log.write(record)
         if self.accelerator.is_main_process:
-            tqdm.write(f"[eval] step {state.step}: accuracy {metrics['accuracy']:.4f} macro-F1 "
-                       f"{metrics['macro_f1']:.4f} loss {metrics['loss']:.4f}{'  (best)' if better else ''}")
+            tqdm.write(eval_line(state.step, metrics, sets, cfg.metric_for_best, value, better))
         if cfg.patience and state.evals_without_improvement >= cfg.patience:
             tqdm.write(f"[train] early stop: {cfg.patience} evaluations without improvement")
             self.stop = True

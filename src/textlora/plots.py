@@ -15,6 +15,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from sklearn.metrics import auc, roc_curve
 
+from .rundata import eval_set_names
+
 DPI = 130
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
           "#17becf"]
@@ -81,7 +83,11 @@ def length_distribution(before: dict, after: dict, words: dict, cutoffs: tuple[O
 
 def training_curves(train_log: pd.DataFrame, eval_log: pd.DataFrame, path: Path,
                     best_step: Optional[int] = None) -> Path:
-    """Three panels against optimizer steps: train and validation loss, validation accuracy / macro-F1, LR."""
+    """Three panels against optimizer steps: train and validation loss, validation accuracy / macro-F1, LR.
+
+    Eval sets (``NAME/loss``, ``NAME/accuracy`` columns of ``eval_log``) get a loss and an accuracy curve each.
+    """
+    sets = eval_set_names(eval_log)
     fig = Figure(figsize=(13, 3.9))
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
     if not train_log.empty:
@@ -89,16 +95,23 @@ def training_curves(train_log: pd.DataFrame, eval_log: pd.DataFrame, path: Path,
         lr_ax.plot(train_log["step"], train_log["lr"], color=COLORS[2])
     if not eval_log.empty:
         loss_ax.plot(eval_log["step"], eval_log["loss"], color=COLORS[1], marker="o", label="validation loss")
-        acc_ax.plot(eval_log["step"], eval_log["accuracy"], color=COLORS[1], marker="o", label="accuracy")
+        prefix = "validation " if sets else ""
+        acc_ax.plot(eval_log["step"], eval_log["accuracy"], color=COLORS[1], marker="o", label=f"{prefix}accuracy")
         if "macro_f1" in eval_log:
             acc_ax.plot(eval_log["step"], eval_log["macro_f1"], color=COLORS[4], marker="s", markersize=4,
-                        linestyle="--", label="macro-F1")
+                        linestyle="--", label=f"{prefix}macro-F1")
         for i, row in eval_log.iterrows():
             acc_ax.annotate(f"{row['accuracy']:.3f}", (row["step"], row["accuracy"]), textcoords="offset points",
                             xytext=(0, 6), ha="center", fontsize=7.5)
+        for k, name in enumerate(sets):
+            color = COLORS[(5 + k) % len(COLORS)]
+            for ax, key in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+                ax.plot(eval_log["step"], eval_log[f"{name}/{key}"], color=color, marker="^", markersize=4,
+                        linestyle="-.", label=f"{name} {key}")
     if not eval_log.empty:
         # A short run may have a single evaluation: keep a readable scale around it instead of 1e-5 ticks.
-        values = np.concatenate([eval_log[c].to_numpy(dtype=float) for c in ("accuracy", "macro_f1") if c in eval_log])
+        columns = ["accuracy", "macro_f1"] + [f"{name}/accuracy" for name in sets]
+        values = np.concatenate([eval_log[c].dropna().to_numpy(dtype=float) for c in columns if c in eval_log])
         acc_ax.set_ylim(max(0.0, values.min() - 0.03), min(1.0, values.max() + 0.03))
     last = max([int(log["step"].max()) for log in (train_log, eval_log) if not log.empty] or [1])
     for ax in (loss_ax, acc_ax, lr_ax):
@@ -107,7 +120,7 @@ def training_curves(train_log: pd.DataFrame, eval_log: pd.DataFrame, path: Path,
         for ax in (loss_ax, acc_ax):
             ax.axvline(best_step, color="grey", linestyle=":", linewidth=1, label=f"best (step {best_step})")
     loss_ax.set_title("Loss")
-    acc_ax.set_title("Validation accuracy and macro-F1")
+    acc_ax.set_title("Accuracy (validation and eval sets), macro-F1" if sets else "Validation accuracy and macro-F1")
     lr_ax.set_title("Learning rate (largest group)")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     for ax in (loss_ax, acc_ax, lr_ax):
@@ -219,9 +232,13 @@ def budget_breakdown(groups: dict, budget: int, path: Path) -> Path:
 
 
 def compare_curves(runs: Sequence, path: Path) -> Path:
-    """Overlaid training loss, validation loss and validation accuracy of several runs (``RunData``)."""
+    """Overlaid training loss, validation loss and validation accuracy of several runs (``RunData``).
+
+    A run's eval sets are drawn in its colour with a line style per set (``run / set`` in the legend).
+    """
     fig = Figure(figsize=(14, 4.2))
     train_ax, val_ax, acc_ax = fig.subplots(1, 3)
+    any_sets = False
     for k, run in enumerate(runs):
         color = COLORS[k % len(COLORS)]
         if not run.train_log.empty:
@@ -229,7 +246,15 @@ def compare_curves(runs: Sequence, path: Path) -> Path:
         if not run.eval_log.empty:
             val_ax.plot(run.eval_log["step"], run.eval_log["loss"], color=color, marker="o", label=run.name)
             acc_ax.plot(run.eval_log["step"], run.eval_log["accuracy"], color=color, marker="o", label=run.name)
-    for ax, title in ((train_ax, "Training loss"), (val_ax, "Validation loss"), (acc_ax, "Validation accuracy")):
+        for j, name in enumerate(eval_set_names(run.eval_log)):
+            any_sets = True
+            style = ("--", ":", "-.")[j % 3]
+            for ax, key in ((val_ax, "loss"), (acc_ax, "accuracy")):
+                ax.plot(run.eval_log["step"], run.eval_log[f"{name}/{key}"], color=color, marker="^", markersize=4,
+                        linestyle=style, label=f"{run.name} / {name}")
+    titles = ("Validation and eval-set loss", "Validation and eval-set accuracy") if any_sets else \
+        ("Validation loss", "Validation accuracy")
+    for ax, title in ((train_ax, "Training loss"), (val_ax, titles[0]), (acc_ax, titles[1])):
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)

@@ -2,7 +2,8 @@
 
 ``write_report(RUN)`` writes ``RUN/report/`` (PNGs + report.md); training calls it at the end,
 and ``textlora report RUN`` redraws it at any time. Confusion matrices, ROC curves and the
-hardest errors use the test split when the run has one, else the validation split.
+hardest errors use the test split when the run has one, else the validation split. Runs with
+``data.eval_sets`` get a Robustness section: each set's accuracy, per-class recall and hardest errors.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Optional
 
 from . import plots
 from .checkpoint import atomic_write_text, folder_written_whole
-from .rundata import RunData, load_run_data
+from .rundata import RunData, eval_set_names, load_run_data
 
 HARDEST = 10
 
@@ -43,7 +44,7 @@ def write_report(run_dir: Path, output: Optional[Path] = None) -> Path:
     output = Path(output) if output else run.path / "report"
     with folder_written_whole(output, "report.md", "--output") as tmp:
         sections = [_header(run), _data_section(run, tmp), _training_section(run, tmp),
-                    _evaluation_section(run, tmp), _budget_section(run, tmp)]
+                    _evaluation_section(run, tmp), _robustness_section(run), _budget_section(run, tmp)]
         atomic_write_text(tmp / "report.md", "\n\n".join(s for s in sections if s) + "\n")
     return output / "report.md"
 
@@ -119,10 +120,14 @@ def _training_section(run: RunData, out: Path) -> str:
     plots.training_curves(run.train_log, run.eval_log, out / "training_curves.png", run.summary.get("best_step"))
     lines = ["## Training", "", "![training curves](training_curves.png)", ""]
     if not run.eval_log.empty:
-        lines += ["| step | validation loss | accuracy | macro-F1 | best so far |", "| ---: | ---: | ---: | ---: | :---: |"]
+        sets = eval_set_names(run.eval_log)
+        lines += ["| step | validation loss | accuracy | macro-F1 | " + "".join(f"{n} accuracy | " for n in sets)
+                  + "best so far |", "| ---: | ---: | ---: | ---: | " + "---: | " * len(sets) + ":---: |"]
         for _, row in run.eval_log.iterrows():
             lines.append(f"| {int(row['step'])} | {row['loss']:.4f} | {row['accuracy']:.4f} | "
-                         f"{row.get('macro_f1', float('nan')):.4f} | {'yes' if row.get('best') else ''} |")
+                         f"{row.get('macro_f1', float('nan')):.4f} | "
+                         + "".join(f"{row[f'{n}/accuracy']:.4f} | " for n in sets)
+                         + f"{'yes' if row.get('best') else ''} |")
     return "\n".join(lines)
 
 
@@ -156,6 +161,32 @@ def _evaluation_section(run: RunData, out: Path) -> str:
                  f"{metrics['rows']:,} |")
     if probs is not None:
         lines += ["", _hardest_errors(run.predictions[split], split)]
+    return "\n".join(lines)
+
+
+def _robustness_section(run: RunData) -> str:
+    """The best model on validation and on every eval set: headline numbers, recall per class, hardest errors."""
+    if not run.set_evals:
+        return ""
+    columns = {"validation": run.evals.get("validation"), **run.set_evals}
+    columns = {name: metrics for name, metrics in columns.items() if metrics}
+    names = next(iter(columns.values()))["label_names"]
+    lines = ["## Robustness", "",
+             f"The best model (step {run.summary.get('best_step')}, picked by `{run.summary.get('best_metric')}`) on "
+             "the validation split and on each `data.eval_sets` set (never trained on).", "",
+             "| set | rows | accuracy | macro-F1 | loss |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, metrics in columns.items():
+        lines.append(f"| {name} | {metrics['rows']:,} | {metrics['accuracy']:.4f} | {metrics['macro_f1']:.4f} | "
+                     f"{metrics['loss']:.4f} |")
+    lines += ["", "Recall (accuracy within the class) per set:", "",
+              "| class | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for label in names:
+        lines.append(f"| {label} | " + " | ".join(f"{m['per_class'][label]['recall']:.4f}" for m in columns.values())
+                     + " |")
+    for name in run.set_evals:
+        frame = run.set_predictions.get(name)
+        lines += ["", _hardest_errors(frame, f"eval set {name}") if frame is not None else
+                  f"(No predictions/eval_sets/{name}.csv, so no hardest errors for {name}.)"]
     return "\n".join(lines)
 
 

@@ -19,6 +19,8 @@ from .checkpoint import atomic_write_text
 from .errors import RunFolderError
 
 PREDICTIONS_DIR = "predictions"
+EVAL_SETS_DIR = "eval_sets"
+"""Folder of the run (and of ``predictions/``) holding one file per ``data.eval_sets`` set."""
 
 
 def save_predictions(path: Path, texts: Sequence[str], labels: Sequence[int], probs: np.ndarray,
@@ -66,12 +68,17 @@ class RunData:
     train_log: pd.DataFrame
     """Training lines of metrics.jsonl: step, epoch, loss, lr, samples_per_s, tokens_per_s."""
     eval_log: pd.DataFrame
-    """Evaluation lines of metrics.jsonl: step, loss, accuracy, macro_f1, best."""
+    """Evaluation lines of metrics.jsonl: step, loss, accuracy, macro_f1, best (validation), and for runs with
+    eval sets ``NAME/loss``, ``NAME/accuracy``, ``NAME/macro_f1`` per set (from the record's ``"sets"``)."""
     config: dict = field(default_factory=dict)
     evals: dict = field(default_factory=dict)
     """``{"validation": eval.json, "test": test_eval.json}`` (those present)."""
     predictions: dict = field(default_factory=dict)
     """``{"validation"|"test": DataFrame}`` from predictions/*.csv (those present)."""
+    set_evals: dict = field(default_factory=dict)
+    """``{name: eval_sets/NAME.json}``: the best model on each ``data.eval_sets`` set."""
+    set_predictions: dict = field(default_factory=dict)
+    """``{name: DataFrame}`` from predictions/eval_sets/NAME.csv (those present)."""
 
     def adapter_bytes(self) -> int:
         return folder_bytes(self.path / "adapter")
@@ -103,9 +110,12 @@ def _read_metrics(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 raise RunFolderError(f"{path}, line {number}: not valid JSON; the metrics log is damaged") from None
+            sets = record.pop("sets", None) or {}  # eval sets' numbers as NAME/metric columns
+            record.update({f"{name}/{key}": value for name, metrics in sets.items() for key, value in metrics.items()})
+            records.append(record)
     frame = pd.DataFrame(records)
     if frame.empty or "kind" not in frame:
         return pd.DataFrame(columns=["step", "loss", "lr"]), pd.DataFrame(columns=["step", "loss", "accuracy"])
@@ -115,7 +125,7 @@ def _read_metrics(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def load_run_data(run_dir: Path) -> RunData:
-    """Read a finished run folder; optional files (test_eval.json, predictions/) are read when present.
+    """Read a finished run folder; optional files (test_eval.json, eval_sets/, predictions/) are read when present.
 
     Raises:
         RunFolderError: the folder lacks summary.json, budget.json, labels.json or metrics.jsonl.
@@ -139,4 +149,17 @@ def load_run_data(run_dir: Path) -> RunData:
         predictions = run_dir / PREDICTIONS_DIR / f"{split}.csv"
         if predictions.is_file():
             run.predictions[split] = pd.read_csv(predictions, keep_default_na=False)
+    order = list(run.summary.get("eval_sets", {}))  # the config's order
+    for file in sorted((run_dir / EVAL_SETS_DIR).glob("*.json"),
+                       key=lambda f: (order.index(f.stem) if f.stem in order else len(order), f.stem)):
+        name = file.stem
+        run.set_evals[name] = _read_json(file)
+        predictions = run_dir / PREDICTIONS_DIR / EVAL_SETS_DIR / f"{name}.csv"
+        if predictions.is_file():
+            run.set_predictions[name] = pd.read_csv(predictions, keep_default_na=False)
     return run
+
+
+def eval_set_names(eval_log: pd.DataFrame) -> list[str]:
+    """Names of the eval sets in a run's evaluation log (its ``NAME/accuracy`` columns), in logged order."""
+    return [column[:-len("/accuracy")] for column in eval_log.columns if column.endswith("/accuracy")]

@@ -11,8 +11,9 @@
       metrics.jsonl        one JSON line per logging step and per evaluation
       eval.json            best model on the validation split
       test_eval.json       best model on data.test, when given
+      eval_sets/NAME.json  best model on each data.eval_sets set, when given
       summary.json         best metric, trainable params, wall time, throughput
-      predictions/         per-example probabilities of the best model (validation.csv, test.csv)
+      predictions/         per-example probabilities of the best model (validation.csv, test.csv, eval_sets/NAME.csv)
       report/              report.md and its PNG figures (report.py)
 """
 
@@ -41,6 +42,8 @@ def with_absolute_paths(config: RunConfig) -> RunConfig:
     sources = {name: getattr(data, name) for name in ("train", "validation", "test")}
     sources = {name: (replace(src, path=_absolute_if_local(src.path)) if src is not None else None)
                for name, src in sources.items()}
+    sources["eval_sets"] = {name: replace(src, path=_absolute_if_local(src.path))
+                            for name, src in data.eval_sets.items()}
     return replace(config, model=replace(config.model, name_or_path=_absolute_if_local(config.model.name_or_path)),
                    data=replace(data, **sources))
 

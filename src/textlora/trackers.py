@@ -66,12 +66,19 @@ def start_trackers(accelerator: Accelerator, config: RunConfig, run_dir: Path) -
                               init_kwargs={"mlflow": {"run_name": run_dir.name}})
 
     def forward(record: dict) -> None:
-        kind = record.get("kind", "train")
-        values = {f"{kind}/{key}": value for key, value in record.items()
-                  if key not in ("kind", "step") and isinstance(value, (int, float)) and not isinstance(value, bool)}
-        accelerator.log(values, step=record["step"])
+        accelerator.log(tracker_values(record), step=record["step"])
 
     return forward
+
+
+def tracker_values(record: dict) -> dict:
+    """One metrics.jsonl record as tracker scalars: ``eval/accuracy``, and an eval set's ``eval/shifted/accuracy``."""
+    kind = record.get("kind", "train")
+    flat = {key: value for key, value in record.items() if key not in ("kind", "step", "sets")}
+    for name, metrics in record.get("sets", {}).items():
+        flat.update({f"{name}/{key}": value for key, value in metrics.items()})
+    return {f"{kind}/{key}": value for key, value in flat.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 def end_trackers(accelerator: Accelerator) -> None:

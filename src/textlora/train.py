@@ -27,6 +27,7 @@ from .config import RunConfig, TrainConfig, config_from_yaml_file
 from .data import TrainingData, prepare_training_data
 from .distributed import prepare_train_loader
 from .errors import ConfigError, RunFolderError
+from .eval_sets import headline, write_final as write_eval_sets
 from .evaluate import classification_metrics, format_metrics, write_metrics
 from .first_token import first_token_note
 from .inference import predict_proba
@@ -109,6 +110,7 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
     max_length = config.model.max_length
     train_tokens = tokenize_cached(tokenizer, data.train.texts, max_length)
     val_tokens = tokenize_cached(tokenizer, data.validation.texts, max_length)
+    set_tokens = {name: tokenize_cached(tokenizer, split.texts, max_length) for name, split in data.eval_sets.items()}
     data.report["train_truncated_texts"] = train_tokens.truncated
     data.report["train_tokens"] = int(train_tokens.lengths.sum())
     if main and resume is None:
@@ -118,7 +120,8 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
     trained_modules = built.head_modules + built.fresh_modules
     optimizer = build_optimizer(model, config.optim, trained_modules, accelerator.device.type)
     model, optimizer = accelerator.prepare(model, optimizer)
-    caches = build_prefix_caches(config.train, accelerator.unwrap_model(model), (train_tokens, val_tokens),
+    caches = build_prefix_caches(config.train, accelerator.unwrap_model(model),
+                                 (train_tokens, val_tokens, *set_tokens.values()),
                                  tokenizer.pad_token_id, accelerator.device, accelerator.autocast,
                                  log=accelerator.is_main_process)
     loader = make_loader(train_tokens, data.train.labels, config.train.batch_size, tokenizer.pad_token_id,
@@ -142,7 +145,8 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
 
     loop = TrainLoop(config, accelerator, model, optimizer, scheduler, loader, val_tokens, data,
                  tokenizer.pad_token_id, run_dir, log, state, total_steps, steps_per_epoch, started)
-    loop.train_cache, loop.val_cache = caches
+    loop.train_cache, loop.val_cache = caches[:2]
+    loop.set_tokens, loop.set_caches = set_tokens, dict(zip(set_tokens, caches[2:]))
     try:
         loop.run()
         return _finish(loop, data, tokenizer, breakdown.total)
@@ -163,12 +167,13 @@ def _broadcast(accelerator: Accelerator, text: str) -> str:
 
 
 def _finish(loop: TrainLoop, data: TrainingData, tokenizer, trainable: int) -> Path:
-    """Best weights back in, eval.json (+ test_eval.json), summary.json, and the printed summary."""
+    """Best weights back in, eval.json (+ test_eval.json, eval_sets/), summary.json, and the printed summary."""
     state, accelerator, run_dir = loop.state, loop.accelerator, loop.run_dir
     model = accelerator.unwrap_model(loop.model)
     if state.best_state:
         ckpt.load_trainable(model, state.best_state, "the best model's weights")
     metrics = loop.validate()
+    sets = loop.evaluate_sets()
     summary = {"run_dir": str(run_dir), "best_metric": loop.cfg.metric_for_best, "best_value": state.best_metric,
                "best_step": state.best_step, "steps": state.step, "validation_accuracy": metrics["accuracy"],
                "device": str(accelerator.device), "precision": precision_name(accelerator.mixed_precision),
@@ -177,15 +182,20 @@ def _finish(loop: TrainLoop, data: TrainingData, tokenizer, trainable: int) -> P
                "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
                "train_tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1)}
     if loop.train_cache is not None:
+        caches = [loop.train_cache, loop.val_cache, *loop.set_caches.values()]
         summary["prefix_cache"] = {"start_layer": loop.train_cache.start, "build_seconds": round(
-            loop.train_cache.build_seconds + loop.val_cache.build_seconds, 2), "gigabytes": round(
-            (loop.train_cache.nbytes + loop.val_cache.nbytes) / 1e9, 3)}
+            sum(c.build_seconds for c in caches), 2), "gigabytes": round(sum(c.nbytes for c in caches) / 1e9, 3)}
     summary["model_params"] = full_model_params(model)
     names = data.label_map.names
     if accelerator.is_main_process:
         write_metrics(run_dir / "eval.json", {**metrics, "split": "validation", "step": state.best_step})
         save_predictions(run_dir / PREDICTIONS_DIR / "validation.csv", data.validation.texts, data.validation.labels,
                          loop.val_probs, names)
+        if sets:
+            write_eval_sets(run_dir, data.eval_sets, loop.config.data.eval_sets, sets, loop.set_probs, names,
+                            state.best_step)
+    if sets:
+        summary["eval_sets"] = {name: headline(result) for name, result in sets.items()}
     if data.test is not None:
         test_tokens = tokenize_cached(tokenizer, data.test.texts, loop.config.model.max_length)
         probs = predict_proba(model, test_tokens, loop.pad_id, loop.cfg.batch_size * 2, accelerator.device,
@@ -215,4 +225,6 @@ def _summary_text(summary: dict) -> str:
              f"throughput          {summary['train_samples_per_s']:.1f} samples/s, {summary['train_tokens_per_s']:.0f} tokens/s"]
     if "test_accuracy" in summary:
         lines.append(f"test accuracy       {summary['test_accuracy']:.4f}")
+    for name, metrics in summary.get("eval_sets", {}).items():
+        lines.append(f"{name + ' accuracy':<19} {metrics['accuracy']:.4f} (eval set)")
     return "\n".join(lines)
