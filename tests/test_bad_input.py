@@ -301,29 +301,45 @@ def _eval_data(name, rows):
 
 INFERENCE_CASES = {
     "unknown-int-labels": ("evaluate", _eval_data("ints.csv", [["1", "a", "b"], ["7", "c", "d"], ["0", "e", "f"]]),
-                           ["2 label value(s) outside the run's classes: 7 (row 1), 0 (row 2)", "Fix the labels"]),
+                           ["2 label value(s) outside the run's classes: 7 (line 2), 0 (line 3)", "Fix the labels"]),
     "unknown-label-names": ("evaluate", _eval_data("names.csv", [["Sports", "a", "b"], ["Cricket", "c", "d"]]),
-                            ["1 label value(s) outside the run's classes: 'Cricket' (row 1)", "Fix the labels"]),
+                            ["1 label value(s) outside the run's classes: 'Cricket' (line 2)", "Fix the labels"]),
     "mixed-labels": ("evaluate", _eval_data("mixed.csv", [["1", "a", "b"], ["x", "c", "d"]]),
                      ["labels mix integers and strings", "use one kind"]),
-    # A header row would be classified as a text: one row too many, every ID after it shifted.
-    "predict-header-row-of-the-run's-names": ("predict", _eval_data("named.csv", [["label", "title", "description"],
+    # A header row would be classified as a text: one row too many, every ID after it shifted. (A first row
+    # spelling the column names exactly is read as the header, see test_a_header_row_naming_the_columns_is_used.)
+    "predict-header-row-of-the-run's-names": ("predict", _eval_data("named.csv", [["Label", "Title", "Description"],
                                                                                   ["1", "a", "b"]]),
                                               ["starts with a header row (label, title, description)",
                                                "pass --header"]),
+    # Row numbers are the file's lines, also past a quoted cell of several lines.
+    "labels-named-by-file-line": ("evaluate", _eval_data("lines.csv", [["1", "two\nlines", "b"], ["9", "c", "d"]]),
+                                  ["outside the run's classes: 9 (line 3)"]),
+    "zero-based-labels-on-a-one-based-run": ("evaluate", _eval_data("zero.csv", [["0", "a", "b"], ["3", "c", "d"]]),
+                                             ["0 (line 1)", "These labels (0..3) look 0-based, and the run's are "
+                                              "1-based: add 1 to every label"]),
+    # A column the user names is used as named: its absence is an error, not a fall-back to `text`.
+    "predict-named-text-column-missing": ("predict", lambda d: [_text_file(d / "t.csv", "text,label\na,1\n"),
+                                                                "--header", "--text-columns", "body"],
+                                          ["text column(s) ['body'] not found", "['text', 'label']",
+                                           "Pass --text-columns"]),
+    "evaluate-named-label-column-missing": ("evaluate", lambda d: [_text_file(d / "t.csv", "text,label\na,1\n"),
+                                                                   "--header", "--label-column", "y"],
+                                            ["label column 'y' not found", "Pass --label-column"]),
     "missing-labels": ("evaluate", _eval_data("nolabel.csv", [["1", "a", "b"], ["", "c", "d"]]),
-                       ["have no label (rows 1)", "fill them in"]),
+                       ["have no label (line 2)", "fill them in"]),
     "missing-file": ("evaluate", lambda d: str(d / "nope.csv"), ["does not exist", "check the path"]),
     "predict-missing-file": ("predict", lambda d: str(d / "nope.pkl"), ["does not exist", "check the path"]),
     "predict-non-utf8": ("predict", lambda d: _bytes_file(d / "latin1.csv", "1,café,b\n".encode("latin-1")),
                          ["not valid UTF-8", "re-save it as UTF-8"]),
     "predict-wrong-text-column": ("predict", _eval_data("two.csv", [["1", "a"], ["2", "b"]]),
                                   ["2 columns but column_names lists 3", "pass --header", "--column-names"]),
-    # The run was trained on a headerless CSV; a file with a header row needs --header, not a config edit.
-    "predict-header-row-on-a-headerless-run": ("predict", lambda d: _text_file(d / "str.csv", "text,label\na,1\n"),
+    # The run was trained on a headerless CSV; a header row naming columns the run does not know (a header row
+    # of known names is used, see test_a_header_row_naming_the_columns_is_used) needs --header, not a config edit.
+    "predict-header-row-on-a-headerless-run": ("predict", lambda d: _text_file(d / "str.csv", "body,label\na,1\n"),
                                                ["2 columns but column_names lists 3", "has a header row, pass --header",
                                                 "--text-columns"]),
-    "evaluate-header-row-on-a-headerless-run": ("evaluate", lambda d: _text_file(d / "str.csv", "text,label\na,1\n"),
+    "evaluate-header-row-on-a-headerless-run": ("evaluate", lambda d: _text_file(d / "str.csv", "body,label\na,1\n"),
                                                 ["2 columns but column_names lists 3", "pass --header"]),
     "evaluate-row-with-too-few-fields": ("evaluate", _eval_data("short.csv", [["1", "a", "b"], ["2", "c"]]),
                                          ["short.csv line 2 (data row 1) has 2 field(s)", "add the missing fields"]),
@@ -334,6 +350,10 @@ INFERENCE_CASES = {
                                              ["not valid UTF-8 at line 2, byte 12 of the file", "iconv"]),
     "predict-hostile-pickle": ("predict", lambda d: str(_hostile_pickle(d)), ["refused", "system",
                                                                              "convert the data to CSV"]),
+    # Valid JSON, but no text: a tokenizer would fail on it with a traceback.
+    "predict-lone-surrogate": ("predict", lambda d: _pickled_texts(d / "s.pkl", ["ok", "a \ud800"]),
+                               ["s.pkl: row 1: the text holds U+D800 at character 2, a lone surrogate",
+                                "fix or remove that row"]),
 }
 
 
@@ -344,6 +364,13 @@ def _bytes_file(path, data: bytes) -> str:
 
 def _text_file(path, text: str) -> str:
     path.write_text(text)
+    return str(path)
+
+
+def _pickled_texts(path, texts) -> str:
+    import pickle
+
+    path.write_bytes(pickle.dumps(pd.DataFrame({"text": pd.Series(texts, dtype=object)})))
     return str(path)
 
 
@@ -365,17 +392,66 @@ def test_bad_inference_input(messy_run, tmp_path, capsys, command, make, fragmen
     run = tmp_path / "run"
     shutil.copytree(messy_run[0], run)
     data = make(tmp_path)
+    data, flags = (data[0], data[1:]) if isinstance(data, list) else (data, [])
     out = tmp_path / "out.csv"
-    argv = [command, str(run), "--data", data] + (["--output", str(out)] if command == "predict" else [])
+    argv = [command, str(run), "--data", data, *flags] + (["--output", str(out)] if command == "predict" else [])
     _fails_clearly(argv, capsys, *fragments)
     assert not out.exists() and not (run / "evaluations").exists()
     assert not (tmp_path / "SENTINEL").exists()
 
 
+def test_classify_refuses_a_text_that_is_not_utf8(messy_run):
+    # The shell hands over bytes; Python keeps the undecodable ones as surrogates, which no tokenizer takes.
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "textlora.cli", "classify", str(messy_run[0]), "fine",
+                             b"bad \xff\xfe bytes"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines() == ["error: text 2 is not valid UTF-8 (bytes b'\\xff\\xfe' at character 4); "
+                                          "give UTF-8 text (convert it with iconv -t utf-8)"]
+
+
+def test_classify_prints_each_text_on_one_line_with_controls_escaped(messy_run, capsys):
+    texts = ["first line\nsecond line", "abc \u202eevil\u202c done", "tab\there \x1b[31mred"]
+    assert main(["classify", str(messy_run[0]), *texts]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert lines[0].endswith("| first line\\nsecond line") and lines[1].endswith("| abc \\u202eevil\\u202c done")
+    assert lines[2].endswith("| tab\\there \\x1b[31mred")
+    assert main(["classify", str(messy_run[0]), *texts, "--json"]) == 0  # JSON keeps the texts as they are
+    assert [item["text"] for item in json.loads(capsys.readouterr().out)] == texts
+
+
 def test_the_header_hint_is_the_fix(messy_run, tmp_path):
-    data, out = _text_file(tmp_path / "str.csv", "text,label\nstocks fell,3\nthe match,2\n"), tmp_path / "out.csv"
-    assert main(["predict", str(messy_run[0]), "--data", data, "--header", "--output", str(out)]) == 0
+    data, out = _text_file(tmp_path / "str.csv", "body,label\nstocks fell,3\nthe match,2\n"), tmp_path / "out.csv"
+    assert main(["predict", str(messy_run[0]), "--data", data, "--header", "--text-columns", "body",
+                 "--output", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+@pytest.mark.parametrize("header", ["text,label", "label,title,description", "id,text"])
+def test_a_header_row_naming_the_columns_is_used(messy_run, tmp_path, capsys, command, header):
+    # The run read headerless rows (label, title, description); a newcomer's CSV starts with a header row naming
+    # the columns, as the same file in JSONL or Parquet would. It is read as the header, and that is said.
+    columns = header.split(",")
+    rows = [{"text": "stocks fell", "title": "stocks", "description": "fell", "label": "3", "id": "a7"},
+            {"text": "the match", "title": "the", "description": "match", "label": "2", "id": "b9"}]
+    if command == "evaluate" and "label" not in columns:
+        columns.append("label")
+    data = tmp_path / "with-header.csv"
+    pd.DataFrame(rows)[columns].to_csv(data, index=False)
+    out = tmp_path / ("out.csv" if command == "predict" else "out.json")
+    assert main([command, str(messy_run[0]), "--data", str(data), "--output", str(out)]) == 0, capsys.readouterr().err
+    said = capsys.readouterr().out
+    assert f"its first row ({','.join(columns)}) names the columns; read as a header row" in said
+    if command == "predict":
+        ids = [line.split(",")[0] for line in out.read_text().splitlines()]
+        assert ids == (["ID", "a7", "b9"] if "id" in columns else ["ID", "0", "1"])  # the file's own IDs if any
+        assert ("IDs from its 'id' column" in said) == ("id" in columns)
+    else:
+        assert json.loads(out.read_text())["rows"] == 2
 
 
 def _good_rows_then(path, last: bytes, good=8300):

@@ -6,7 +6,7 @@ Everything that is dropped or changed is counted in the returned report and prin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -14,8 +14,8 @@ from sklearn.model_selection import train_test_split
 
 from .config import DataConfig, DataSource
 from .errors import DataError
-from .labels import LabelMap, build_label_map
-from .readers import iter_table, read_table
+from .labels import LabelMap, build_label_map, row_name
+from .readers import file_line, first_record, iter_table, read_table
 
 
 @dataclass
@@ -40,24 +40,57 @@ class TrainingData:
     """``data.eval_sets`` read like validation, by name: evaluated during training, never trained on."""
 
 
-def extract_texts(frame: pd.DataFrame, text_columns: list[str], where: str, clean_backslashes: bool) -> list[str]:
+TEXT_COLUMNS_FIX = "Set text_columns (and column_names for a CSV without a header)"
+LABEL_COLUMN_FIX = "Set label_column (and column_names for a CSV without a header)"
+CLI_TEXT_COLUMNS_FIX = "Pass --text-columns (and --header, or --column-names for a CSV without a header row)"
+CLI_LABEL_COLUMN_FIX = "Pass --label-column (and --header, or --column-names for a CSV without a header row)"
+
+
+def extract_texts(frame: pd.DataFrame, text_columns: list[str], where: str, clean_backslashes: bool,
+                  fix: str = TEXT_COLUMNS_FIX, name_row: Callable[[int], str] = row_name) -> list[str]:
     """Join ``text_columns`` with a space (blank and NaN cells are skipped) into one text per row.
 
     Raises:
-        DataError: a text column is missing (the message lists the columns that exist).
+        DataError: a text column is missing (the message lists the columns that exist and gives ``fix``),
+            or a text is not valid Unicode (:func:`text_problem`; the message names its row by ``name_row``).
     """
     missing = [c for c in text_columns if c not in frame.columns]
     if missing:
         raise DataError(
             f"{where}: text column(s) {missing} not found; the data has columns {list(map(str, frame.columns))}. "
-            "Set text_columns (and column_names for a CSV without a header)"
+            f"{fix}"
         )
-    parts = [frame[c].map(_cell_text) for c in text_columns]
-    texts = parts[0] if len(parts) == 1 else pd.Series([" ".join(p for p in row if p) for row in zip(*parts)])
-    if clean_backslashes:
-        # AG News marks line breaks with a lone backslash ("dwindling\band"); a space is what was meant.
-        texts = texts.str.replace("\\", " ", regex=False)
-    return [" ".join(t.split()) for t in texts]
+    try:
+        parts = [frame[c].map(_cell_text) for c in text_columns]
+        texts = parts[0] if len(parts) == 1 else pd.Series([" ".join(p for p in row if p) for row in zip(*parts)])
+        if clean_backslashes:
+            # AG News marks line breaks with a lone backslash ("dwindling\band"); a space is what was meant.
+            texts = texts.str.replace("\\", " ", regex=False)
+        texts = [" ".join(t.split()) for t in texts]
+    except UnicodeEncodeError:  # pandas' Arrow strings refuse a cell that is no text: find its row, named below
+        texts = [" ".join(map(_cell_text, row)) for row in zip(*(frame[c].tolist() for c in text_columns))]
+        if not any(map(text_problem, texts)):
+            raise
+    for row, text in enumerate(texts):
+        problem = text_problem(text)
+        if problem:
+            raise DataError(f"{where}: {name_row(row)}: the text {problem}; "
+                            "fix or remove that row")
+    return texts
+
+
+def text_problem(text: str) -> Optional[str]:
+    """Why ``text`` is no text a tokenizer can take, or None: a lone UTF-16 surrogate (``"\\ud800"`` is valid
+    JSON) or bytes that were not UTF-8 (Python carries those in command-line arguments as surrogates)."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start:exc.end]
+        if all(0xDC80 <= ord(c) <= 0xDCFF for c in bad):  # surrogateescape: one surrogate per undecodable byte
+            return f"is not valid UTF-8 (bytes {bytes(ord(c) - 0xDC00 for c in bad)!r} at character {exc.start})"
+        return (f"holds U+{ord(bad[0]):04X} at character {exc.start}, a lone surrogate, which is no character "
+                "(a \\uD800-\\uDFFF escape in JSON must be one of a high-low pair)")
 
 
 def _cell_text(value) -> str:
@@ -66,11 +99,11 @@ def _cell_text(value) -> str:
     return str(value).strip()
 
 
-def label_column(frame: pd.DataFrame, source: DataSource, where: str) -> list:
+def label_column(frame: pd.DataFrame, source: DataSource, where: str, fix: str = LABEL_COLUMN_FIX) -> list:
     if source.label_column not in frame.columns:
         raise DataError(
             f"{where}: label column {source.label_column!r} not found; the data has columns "
-            f"{list(map(str, frame.columns))}. Set label_column (and column_names for a CSV without a header)"
+            f"{list(map(str, frame.columns))}. {fix}"
         )
     return frame[source.label_column].tolist()
 
@@ -216,31 +249,85 @@ def _length_filter(train: Split, cfg: DataConfig, report: dict) -> Split:
 
 
 def load_inference_data(source: DataSource, label_map: Optional[LabelMap], clean_backslashes: bool,
-                        need_labels: bool) -> tuple[Split, dict]:
+                        need_labels: bool, trained: Optional[DataSource] = None) -> tuple[Split, dict]:
     """Read rows for evaluate/predict: every row is kept in input order (IDs must line up).
 
-    When the run's text columns are absent but the file has a ``text`` column (Kaggle's pickle),
-    ``text`` is used and that is said.
+    ``trained`` is how the run read its training data (None: ``source`` itself). Where ``source`` reads
+    as the run did, two things are read the way a newcomer's file has them (and said): a CSV whose first
+    row names the columns is read as having a header row, and a ``text`` column stands in for the run's
+    text columns when they are absent (Kaggle's pickle). Errors name rows by their file line (CSV/TSV).
     """
+    source = _with_detected_header(source, trained)
+    where = f"data {source.path}"
     frame = read_table(source.path, source.column_names, source.split, _inference_names_fix(source))
-    texts = extract_texts(frame, _inference_text_columns(frame, source), f"data {source.path}", clean_backslashes)
+    texts = extract_texts(frame, _inference_text_columns(frame, source, trained), where, clean_backslashes,
+                          CLI_TEXT_COLUMNS_FIX, _row_namer(source))
     empty = sum(1 for t in texts if not t)
     stats = {"rows": len(texts), "empty_texts": empty}
     if empty:
         print(f"[data] {source.path}: {empty} row(s) have empty text; they are classified from an empty input")
     labels = None
     if need_labels:
-        labels = label_map.encode(label_column(frame, source, f"data {source.path}"), f"data {source.path}")
+        labels = label_map.encode(label_column(frame, source, where, CLI_LABEL_COLUMN_FIX), where,
+                                  _row_namer(source))
     return Split(texts, labels), stats
 
 
-def iter_inference_texts(source: DataSource, clean_backslashes: bool, chunk_rows: int = 8192) -> Iterator[list[str]]:
-    """The rows' texts for predict, in input order, ``chunk_rows`` at a time (memory stays flat)."""
-    columns = None
+def iter_inference_rows(source: DataSource, clean_backslashes: bool, chunk_rows: int = 8192,
+                        trained: Optional[DataSource] = None) -> Iterator[tuple[list[str], Optional[list[str]]]]:
+    """The rows' texts for predict and their IDs, in input order, ``chunk_rows`` at a time (memory stays flat).
+
+    The IDs are the file's own ``id``/``ID`` column when it has one (Kaggle's files do; said once), else
+    None (predict numbers the rows). ``trained`` as for :func:`load_inference_data`.
+    """
+    source = _with_detected_header(source, trained)
+    columns = id_column = None
     names_fix = _inference_names_fix(source)
+    first_row = 0
     for frame in iter_table(source.path, source.column_names, source.split, chunk_rows, names_fix):
-        columns = columns or _inference_text_columns(frame, source)
-        yield extract_texts(frame, columns, f"data {source.path}", clean_backslashes)
+        if columns is None:
+            columns = _inference_text_columns(frame, source, trained)
+            id_column = next((c for c in ID_COLUMNS if c in frame.columns and c not in columns), None)
+            if id_column is not None:
+                print(f"[data] {source.path}: IDs from its {id_column!r} column")
+        texts = extract_texts(frame, columns, f"data {source.path}", clean_backslashes, CLI_TEXT_COLUMNS_FIX,
+                              _row_namer(source, first_row))
+        first_row += len(frame)
+        yield texts, (None if id_column is None else [_cell_text(v) for v in frame[id_column]])
+
+
+def _row_namer(source: DataSource, first_row: int = 0) -> Callable[[int], str]:
+    """Names row ``i`` of a chunk starting at data row ``first_row`` in errors: by its line in a CSV/TSV file
+    (what an editor shows; a quoted cell may span lines), else by its data row (from 0)."""
+    def name(row: int) -> str:
+        line = file_line(source.path, source.column_names is None, first_row + row)
+        return f"line {line}" if line else row_name(first_row + row)
+    return name
+
+
+ID_COLUMNS = ("id", "ID", "Id")
+"""Columns predict takes row IDs from (the first the data has), instead of numbering the rows."""
+
+
+def _with_detected_header(source: DataSource, trained: Optional[DataSource]) -> DataSource:
+    """``source`` read with its header row when it is a CSV/TSV read with the run's column names and its
+    first row names the columns expected at inference (each field a column name the run knows, its text
+    columns or ``text`` among them); said when it happens. Otherwise ``source`` as it is."""
+    names = source.column_names
+    if not names or (trained is not None and list(names) != list(trained.column_names or [])):
+        return source  # no column names, or the user's own (--column-names): the file is as they say
+    first = first_record(source.path)
+    if not first:
+        return source
+    fields = [field.strip() for field in first]
+    known = {*names, *source.text_columns, source.label_column, "text", *ID_COLUMNS}
+    texts_named = all(c in fields for c in source.text_columns) or "text" in fields
+    if len(set(fields)) != len(fields) or not set(fields) <= known or not texts_named:
+        return source
+    print(f"[data] {source.path}: its first row ({','.join(fields)}) names the columns; read as a header row "
+          "(as --header would)")
+    return DataSource(path=source.path, split=source.split, column_names=None, text_columns=source.text_columns,
+                      label_column=source.label_column)
 
 
 def _inference_names_fix(source: DataSource) -> str:
@@ -249,10 +336,13 @@ def _inference_names_fix(source: DataSource) -> str:
             f"{', '.join(source.text_columns)} or text); otherwise name its columns with --column-names")
 
 
-def _inference_text_columns(frame: pd.DataFrame, source: DataSource) -> list[str]:
-    """The run's text columns; Kaggle's pickle has a single ``text`` column instead, which is then used (and said)."""
+def _inference_text_columns(frame: pd.DataFrame, source: DataSource, trained: Optional[DataSource]) -> list[str]:
+    """The text columns to read: ``source``'s. Where those are the run's own and absent, a ``text`` column
+    (Kaggle's pickle has one) is used instead, and that is said; columns the user named (--text-columns)
+    are used as named, and their absence is an error."""
     columns = list(source.text_columns)
-    if any(c not in frame.columns for c in columns) and "text" in frame.columns:
+    own = trained is None or columns == list(trained.text_columns)
+    if own and any(c not in frame.columns for c in columns) and "text" in frame.columns:
         print(f"[data] {source.path}: columns {columns} not found, using its 'text' column")
         columns = ["text"]
     return columns

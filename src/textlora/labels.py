@@ -11,11 +11,16 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .errors import DataError
 
 _INT = re.compile(r"^\s*[+-]?\d+\s*$")
+
+
+def row_name(row: int) -> str:
+    """How an error names data row ``row`` (from 0) when nothing better is known: ``row N``."""
+    return f"row {row}"
 
 
 @dataclass(frozen=True)
@@ -46,12 +51,13 @@ class LabelMap:
         """Class ``class_id`` as the data spells it: ``5`` for class 4 of 1-based ints, ``'Sports'`` for strings."""
         return str(class_id + self.base) if self.kind == "int" else repr(self.names[class_id])
 
-    def encode(self, raw: Sequence, where: str) -> list[int]:
-        """Map raw labels to class ids; a label outside the known set is an error naming it.
+    def encode(self, raw: Sequence, where: str, name_row: Callable[[int], str] = row_name) -> list[int]:
+        """Map raw labels to class ids; a label outside the known set is an error naming it and its row
+        (``name_row(i)`` for data row ``i``, e.g. ``line 3`` of a CSV).
 
         Names are accepted for int maps too, so a test file may spell ``Sports`` for ``2``.
         """
-        values = normalise_labels(raw, where)
+        values = normalise_labels(raw, where, name_row)
         by_name = {name: i for i, name in enumerate(self.names)}
         ids, unknown = [], {}
         for row, value in enumerate(values):
@@ -65,12 +71,25 @@ class LabelMap:
                 unknown.setdefault(value, row)
             ids.append(class_id)
         if unknown:
-            shown = ", ".join(f"{v!r} (row {r})" for v, r in list(unknown.items())[:5])
+            shown = ", ".join(f"{v!r} ({name_row(r)})" for v, r in list(unknown.items())[:5])
             raise DataError(
                 f"{where}: {len(unknown)} label value(s) outside the run's classes: {shown}. "
-                f"Known: {self.describe()}. Fix the labels or evaluate with data of the same classes"
+                f"Known: {self.describe()}.{self._other_base_hint(values)} "
+                "Fix the labels or evaluate with data of the same classes"
             )
         return ids
+
+    def _other_base_hint(self, values: Sequence) -> str:
+        """A hint when every int label fits the run's classes counted from the other base (0..3 for 1..4)."""
+        ints = [v for v in values if isinstance(v, int)]
+        if self.kind != "int" or not ints:
+            return ""
+        other = 1 - self.base
+        low, high = min(ints), max(ints)
+        if not other <= low <= high <= other + self.num_labels - 1:
+            return ""
+        return (f" These labels ({low}..{high}) look {other}-based, and the run's are {self.base}-based: "
+                f"{'add 1 to' if other == 0 else 'subtract 1 from'} every label, or write the class names.")
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -81,8 +100,9 @@ class LabelMap:
         return cls(names=tuple(data["names"]), kind=data["kind"], base=data.get("base"))
 
 
-def normalise_labels(raw: Sequence, where: str) -> list:
-    """Turn each raw label into an ``int`` or a ``str``; blanks and mixed kinds are errors."""
+def normalise_labels(raw: Sequence, where: str, name_row: Callable[[int], str] = row_name) -> list:
+    """Turn each raw label into an ``int`` or a ``str``; blanks and mixed kinds are errors naming the rows
+    (``name_row`` as for :meth:`LabelMap.encode`)."""
     values, missing = [], []
     for row, value in enumerate(raw):
         if value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip()):
@@ -99,15 +119,16 @@ def normalise_labels(raw: Sequence, where: str) -> list:
         else:
             values.append(str(value).strip())
     if missing:
-        rows = ", ".join(str(r) for r in missing[:5])
-        raise DataError(f"{where}: {len(missing)} row(s) have no label (rows {rows}); fill them in or remove those rows")
+        rows = (f"rows {', '.join(str(r) for r in missing[:5])}" if name_row is row_name else
+                ", ".join(name_row(r) for r in missing[:5]))
+        raise DataError(f"{where}: {len(missing)} row(s) have no label ({rows}); fill them in or remove those rows")
     kinds = {type(v) for v in values}
     if len(kinds) > 1:
         first_int = next(i for i, v in enumerate(values) if isinstance(v, int))
         first_str = next(i for i, v in enumerate(values) if isinstance(v, str))
         raise DataError(
-            f"{where}: labels mix integers and strings, e.g. {values[first_int]!r} (row {first_int}) and "
-            f"{values[first_str]!r} (row {first_str}); use one kind for every row"
+            f"{where}: labels mix integers and strings, e.g. {values[first_int]!r} ({name_row(first_int)}) "
+            f"and {values[first_str]!r} ({name_row(first_str)}); use one kind for every row"
         )
     return values
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import unicodedata
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +19,8 @@ from .precision import precision_name
 
 def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = False, with_probs: bool = False,
             batch_size: int = 64, device: str = "auto", chunk_rows: int = 8192, precision: str = "run") -> dict:
-    """Write ``output`` as CSV ``ID,Label`` (ID = row index, Label = class id 0..K-1).
+    """Write ``output`` as CSV ``ID,Label`` (ID = the data's ``id``/``ID`` column, else the row index; Label =
+    class id 0..K-1).
 
     Rows are read, classified and written ``chunk_rows`` at a time, so memory stays flat on
     files of any length (CSV/TSV/JSONL/Parquet; pickles and JSON are read whole first).
@@ -31,7 +33,7 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
     """
     from tqdm.auto import tqdm
 
-    from .data import iter_inference_texts
+    from .data import iter_inference_rows
     from .inference import load_run
 
     output = Path(output)
@@ -49,11 +51,12 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
         with tmp.open("w", newline="") as handle, tqdm(desc="predict", unit=" rows", disable=None) as bar:
             writer = csv.writer(handle)
             writer.writerow(header)
-            for texts in iter_inference_texts(source, run.config.data.clean_backslashes, chunk_rows):
+            for texts, ids in iter_inference_rows(source, run.config.data.clean_backslashes, chunk_rows,
+                                                  run.config.data.train):
                 probs, cut = run.probabilities(texts, batch_size)
                 preds = probs.argmax(axis=1)
                 for i, (label, row) in enumerate(zip(preds.tolist(), probs)):
-                    line = [rows + i, label] + ([names[label]] if with_names else [])
+                    line = [rows + i if ids is None else ids[i], label] + ([names[label]] if with_names else [])
                     if with_probs:
                         line += [f"{p:.6f}" for p in row.tolist()]
                     writer.writerow(line)
@@ -74,11 +77,15 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
 def classify(run_dir: Path, texts: Sequence[str], as_json: bool = False, device: str = "auto",
              precision: str = "run") -> list[dict]:
     """Label and class probabilities for each text, printed and returned."""
-    from .data import extract_texts
+    from .data import extract_texts, text_problem
     from .inference import load_run
 
     if not texts:
         raise DataError('give at least one text: textlora classify RUN "some text"')
+    for number, text in enumerate(texts, start=1):
+        problem = text_problem(text)
+        if problem:
+            raise DataError(f"text {number} {problem}; give UTF-8 text (convert it with iconv -t utf-8)")
     import pandas as pd
 
     run = load_run(run_dir, device=device, precision=precision)
@@ -95,5 +102,23 @@ def classify(run_dir: Path, texts: Sequence[str], as_json: bool = False, device:
     else:
         for item in results:
             ranked = sorted(item["probabilities"].items(), key=lambda kv: -kv[1])
-            print(f"{item['label']:<12} " + "  ".join(f"{n} {p:.3f}" for n, p in ranked) + f"   | {item['text'][:70]}")
+            print(f"{item['label']:<12} " + "  ".join(f"{n} {p:.3f}" for n, p in ranked) +
+                  f"   | {printable(item['text'])[:70]}")
     return results
+
+
+# Bidirectional controls: U+202E in a text would reverse the rest of the printed line (labels included).
+_BIDI_CONTROLS = {"\u061c", "\u200e", "\u200f", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))}
+
+
+def printable(text: str) -> str:
+    """``text`` for one line of a terminal table: line breaks, tabs, control characters and bidirectional
+    controls written as escapes (``\\n``, ``\\x1b``, ``\\u202e``); other characters (emoji joiners too) as they are."""
+    shown = []
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cs") or char in _BIDI_CONTROLS:
+            escaped = char.encode("unicode_escape").decode("ascii")
+            shown.append(escaped if escaped != char else f"\\u{ord(char):04x}")
+        else:
+            shown.append(char)
+    return "".join(shown)

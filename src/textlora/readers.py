@@ -199,6 +199,34 @@ def _check_no_short_rows(file: Path, records: Iterator[tuple[int, list]], first_
                     "or remove the row")
 
 
+def first_record(path: str) -> Optional[list[str]]:
+    """The fields of a CSV/TSV file's first row (None for other formats, or a file that cannot be read: its
+    reader says why), to tell a header row from data before the file is read with column names."""
+    found = _nth_record(path, 0)
+    return found[1] if found else None
+
+
+def file_line(path: str, header: bool, row: int) -> Optional[int]:
+    """The line (from 1) of a CSV/TSV file that data row ``row`` (from 0; after the header row when ``header``)
+    starts on, for an error to name what the user can find; None for other formats. The file is scanned
+    again: only on an error's path (a quoted cell may span lines, so the line cannot be computed)."""
+    found = _nth_record(path, row + int(header))
+    return found[0] if found else None
+
+
+def _nth_record(path: str, index: int) -> Optional[tuple[int, list[str]]]:
+    """``(first line, fields)`` of a CSV/TSV file's record ``index`` (from 0), or None."""
+    fmt = FILE_FORMATS.get(Path(path).suffix.lower())
+    if fmt not in ("csv", "tsv") or not Path(path).is_file():
+        return None
+    try:
+        with contextlib.closing(_records(Path(path), "," if fmt == "csv" else "\t")) as records, \
+                _unlimited_csv_fields():
+            return next(itertools.islice(records, index, None), None)
+    except (UnicodeDecodeError, csv.Error, OSError):
+        return None
+
+
 def _records(file: Path, sep: str) -> Iterator[tuple[int, list[str]]]:
     """The file's records as ``(first line, fields)``, split by the csv module the way pandas splits rows.
 
