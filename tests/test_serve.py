@@ -106,9 +106,46 @@ def test_over_limit_requests_get_413_with_a_clear_message(server, payload, expec
 
 
 def test_an_oversized_body_is_refused_before_it_is_parsed(server):
-    body = json.dumps({"texts": ["z" * 150] * 100})  # 8 x (200 x 6 + 4) + 1024 = 10,656 bytes allowed
+    body = json.dumps({"texts": ["z" * 150] * 200})  # 8 x (200 x 12 + 64) + 4096 = 23,808 bytes allowed
     response = httpx.post(f"{server}/v1/classify", content=body, headers={"content-type": "application/json"})
-    assert response.status_code == 413 and "over the limit of 10,656" in response.json()["detail"]
+    assert response.status_code == 413 and "over the limit of 23,808" in response.json()["detail"]
+
+
+def test_a_chunked_body_is_refused_while_it_arrives(server):
+    # Chunked transfer declares no length: the server must count while reading and stop at the limit. The
+    # body sent here never ends, so a server that read it whole before answering would never answer.
+    host, port = server.removeprefix("http://").split(":")
+    chunk = b'"' + b"z" * 4000 + b'", '
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (11, b'{"texts": ['))
+        for _ in range(6):  # 24,035 bytes, just over the 23,808 allowed (no more: the server stops reading)
+            connection.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        answer = b""
+        while b"}" not in answer:  # the JSON body of the answer
+            data = connection.recv(65536)
+            assert data, answer
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 413") and b"request body is over the limit of 23,808 bytes" in answer
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+
+
+def test_texts_within_the_documented_limits_are_accepted_in_any_json_escaping(server):
+    # 8 texts of 200 emoji (the limits): json.dumps escapes each as a surrogate pair, 12 bytes a character.
+    body = json.dumps({"texts": ["\U0001F600" * 200] * 8})
+    assert len(body) > 8 * 200 * 12
+    response = httpx.post(f"{server}/v1/classify", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["results"]) == 8
+
+
+def test_a_lone_surrogate_is_a_422_naming_the_text(server):
+    before = httpx.get(f"{server}/v1/stats").json()
+    response = httpx.post(f"{server}/v1/classify", content=b'{"texts": ["fine", "bad \\ud800 text"]}',
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert "texts[1] holds U+D800 at character 4, a lone surrogate" in response.json()["detail"]
+    assert httpx.get(f"{server}/v1/stats").json()["errors"] == before["errors"]  # not an internal error
 
 
 @pytest.mark.parametrize("body", [
@@ -195,6 +232,17 @@ def test_onnx_runtime_serves_the_same_probabilities_as_pytorch(tiny_run, tmp_pat
     assert onnx.info["runtime"] == "onnxruntime" and onnx.info["precision"] == "fp32"
     assert onnx_probs.shape == (len(texts), 4)
     assert abs(onnx_probs - torch_probs).max() < 1e-5
+    # A text no tokenizer takes is refused before the model runs, on ONNX Runtime as on PyTorch.
+    from textlora.serve.app import create_app
+
+    async def post_lone_surrogate():
+        transport = httpx.ASGITransport(app=create_app(onnx))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/v1/classify", content=b'{"texts": ["\\udfff"]}',
+                                     headers={"content-type": "application/json"})
+
+    response = asyncio.run(post_lone_surrogate())
+    assert response.status_code == 422 and "texts[0] holds U+DFFF" in response.json()["detail"]
     with pytest.raises(RunFolderError, match="is a run folder"):
         load_classifier(tiny_run, onnx=True)
     (out / "model.onnx").unlink()

@@ -42,8 +42,11 @@ class ServeLimits:
 
     @property
     def max_body_bytes(self) -> int:
-        # Worst case JSON: every character escaped as \uXXXX (6 bytes), plus quotes and commas.
-        return self.max_texts * (self.max_chars * 6 + 4) + 1024
+        """The largest request body read: enough for ``max_texts`` texts of ``max_chars`` characters each in any
+        JSON encoding. A character is at most 12 bytes of JSON (one outside the BMP, such as an emoji, escaped as
+        a surrogate pair ``\\ud83d\\ude00``, as Python's ``json.dumps`` writes it); 64 bytes per text allow for
+        quotes, commas and indentation, and 4 KiB for the rest of the document."""
+        return self.max_texts * (self.max_chars * 12 + 64) + 4096
 
 
 def _check_port(host: str, port: int) -> None:

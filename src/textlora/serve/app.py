@@ -16,9 +16,59 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from ..data import text_problem
 from . import ServeLimits
 from .batcher import MicroBatcher, QueueFullError
 from .classifier import Classifier
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is answered 413 without being read whole.
+
+    A declared ``Content-Length`` over the limit is refused before anything is read; any other body (one
+    sent with ``Transfer-Encoding: chunked`` has no length) is read here as it arrives and refused as soon
+    as it passes the limit, then handed on whole to the app. ``allows`` says what the limit is sized for.
+    """
+
+    def __init__(self, app, max_bytes: int, allows: str):
+        self.app, self.max_bytes, self.allows = app, max_bytes, allows
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send, f"request body of {int(declared):,} bytes")
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: nobody to answer
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send, "request body")
+                return
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: a disconnect, when the client goes away
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send, what: str) -> None:
+        # "Connection: close": the rest of the body is never read, so the connection cannot carry another request.
+        response = JSONResponse(status_code=413, headers={"connection": "close"}, content={
+            "detail": f"{what} is over the limit of {self.max_bytes:,} bytes ({self.allows})"})
+        await response(scope, receive, send)
 
 
 class ClassifyRequest(BaseModel):
@@ -53,16 +103,9 @@ def create_app(classifier: Classifier, limits: ServeLimits = ServeLimits()) -> F
                               f"Labels: {', '.join(classifier.labels)}.")
     app.state.batcher = batcher
     labels = classifier.labels
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        # Refuse an oversized body before reading it (the per-text limits are checked after parsing).
-        size = request.headers.get("content-length")
-        if size and size.isdigit() and int(size) > limits.max_body_bytes:
-            return JSONResponse(status_code=413, content={
-                "detail": f"request body of {int(size):,} bytes is over the limit of {limits.max_body_bytes:,} "
-                          f"({limits.max_texts} texts of {limits.max_chars} characters)"})
-        return await call_next(request)
+    # Refuse an oversized body before or while reading it (the per-text limits are checked after parsing).
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes,
+                       allows=f"{limits.max_texts} texts of {limits.max_chars} characters")
 
     @app.post("/v1/classify", response_model=ClassifyResponse,
               responses={413: {"description": "too many texts or a text too long"},
@@ -78,6 +121,9 @@ def create_app(classifier: Classifier, limits: ServeLimits = ServeLimits()) -> F
                 raise HTTPException(413, f"texts[{i}] has {len(text):,} characters; the limit is "
                                          f"{limits.max_chars:,}. Shorten it (the model reads only the first "
                                          f"{classifier.info.get('max_length')} tokens)")
+            problem = text_problem(text)
+            if problem:  # a tokenizer would fail on it, inside the model call that other requests share
+                raise HTTPException(422, f"texts[{i}] {problem}; send valid Unicode text")
         try:
             probs = await batcher.submit(texts)
         except QueueFullError as exc:
