@@ -76,6 +76,7 @@ def notebook_arm(run_dir: Path, rows_csv: Path, output: Path, batch_size: int, d
     from transformers.utils import logging as hf_logging
 
     from textlora.config import config_from_yaml_file
+    from textlora.model import resolve_model_location
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -84,7 +85,9 @@ def notebook_arm(run_dir: Path, rows_csv: Path, output: Path, batch_size: int, d
     labels = json.loads((run_dir / "labels.json").read_text())
     num_labels = len(labels.get("names", labels.get("label_names", bc.LABEL_NAMES)))
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
-    base = AutoModelForSequenceClassification.from_pretrained(config.model.name_or_path, num_labels=num_labels)
+    # The run keeps its model as given (a pkg: spec, say): resolved here as textlora resolves it.
+    base = AutoModelForSequenceClassification.from_pretrained(resolve_model_location(config.model.name_or_path),
+                                                              num_labels=num_labels)
     model = PeftModel.from_pretrained(base, run_dir / "adapter")
     texts = bc.read_rows(rows_csv).texts
     loop_start = time.perf_counter()

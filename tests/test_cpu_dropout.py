@@ -244,3 +244,30 @@ def test_attention_left_alone_where_not_known():
     note = cpu_dropout.install(model)
     assert "attention dropout" not in note and model.config._attn_implementation == "sdpa"
     assert any(isinstance(m, CPUDropout) for m in model.modules())
+
+
+def test_mpnet_keeps_its_own_attention_and_gets_the_masks_in_its_dropout_modules():
+    # MPNet computes attention itself (no attention function to switch) and drops the probabilities with its
+    # nn.Dropout module: eval is the stock model exactly, training with p -> 0 gives the stock loss and gradients.
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    def mpnet(p: float):
+        torch.manual_seed(0)
+        return MPNetForSequenceClassification(MPNetConfig(**{**SHAPE, "hidden_dropout_prob": p,
+                                                             "attention_probs_dropout_prob": p},
+                                                          max_position_embeddings=80))
+
+    ids, mask = _batch(1)
+    stock = mpnet(0.1).eval()
+    fast = copy.deepcopy(stock)
+    note = cpu_dropout.install(fast)
+    # 3 layers x (attention probabilities, attention output, feed-forward output) + embeddings + head.
+    assert "11 dropout modules (attention dropout among them: the model applies it as a module)" in note
+    assert fast.config._attn_implementation == stock.config._attn_implementation
+    assert isinstance(fast.mpnet.encoder.layer[0].attention.attn.dropout, CPUDropout)
+    assert torch.equal(fast(input_ids=ids, attention_mask=mask).logits, stock(input_ids=ids, attention_mask=mask).logits)
+    stock = mpnet(1e-9).train()
+    restrict_last_layer(stock, "standard")
+    fast = copy.deepcopy(stock)
+    cpu_dropout.install(fast)
+    assert_same_loss_and_gradients(stock, fast, pad=1)

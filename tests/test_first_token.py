@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 from transformers import (BertConfig, BertForSequenceClassification, DistilBertConfig,
-                          DistilBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
+                          DistilBertForSequenceClassification, MPNetConfig, MPNetForSequenceClassification,
+                          RobertaConfig, RobertaForSequenceClassification)
 
 from textlora.config import ModelConfig
 from textlora.first_token import first_token_note, is_restricted, restrict_last_layer, why_not
@@ -25,6 +26,8 @@ def _classifier(kind: str, attention: str):
     if kind == "roberta":
         config = RobertaConfig(**SHAPE, max_position_embeddings=80, pad_token_id=1)
         model = RobertaForSequenceClassification(config)
+    elif kind == "mpnet":  # attention computed by the layer itself, with the encoder's relative-position bias
+        model = MPNetForSequenceClassification(MPNetConfig(**SHAPE, max_position_embeddings=80))
     else:
         model = BertForSequenceClassification(BertConfig(**SHAPE, max_position_embeddings=80))
     model.config._attn_implementation = attention
@@ -54,14 +57,14 @@ def assert_same_loss_and_gradients(reference, candidate, pad: int = 0, device: s
         torch.testing.assert_close(b.grad, a.grad, atol=atol, rtol=grad_rtol, msg=name)
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("kind", ["bert", "roberta", "mpnet"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("head", ["standard", "linear"])
 def test_same_logits_and_gradients_as_stock(kind, attention, head):
     stock = apply_head(_classifier(kind, attention), head).train()
     restricted = copy.deepcopy(stock)
     assert restrict_last_layer(restricted, head) and is_restricted(restricted) and not is_restricted(stock)
-    assert_same_loss_and_gradients(stock, restricted, pad=1 if kind == "roberta" else 0)
+    assert_same_loss_and_gradients(stock, restricted, pad=0 if kind == "bert" else 1)
     # The pruned part of the last layer (its feed-forward) really receives a gradient in both.
     assert restricted.base_model.encoder.layer[2].intermediate.dense.weight.grad.abs().sum() > 0
 

@@ -157,3 +157,35 @@ def test_without_readable_weight_names_the_counts_say_fresh_modules_are_not_coun
     assert main(["plan", "--budget", "1000000", "--ranks", "4", "--top", "1"]) == 0
     out = capsys.readouterr().out
     assert "note: fresh modules not counted" in out and "--pretrained" in out
+
+
+def _shortlist_rows(out):
+    return [row.split() for row in out.split("\n\n")[0].splitlines() if row.split() and row.split()[0].isdigit()]
+
+
+def test_plan_suggests_only_what_would_make_something_fit(tiny_model_dir, no_pooler_dir, capsys):
+    # --head linear given: suggesting it again would change nothing; only the budget can.
+    # (Tiny BERT: the smallest is the linear head's 132 + r=1 on one layer's query or value, 64.)
+    assert main(["plan", "--budget", "150", "--model", str(tiny_model_dir), "--head", "linear"]) == 2
+    err = capsys.readouterr().err
+    assert "fits a budget of 150" in err and "raise --budget to at least 196" in err and "--head" not in err
+    # --head standard on BERT with its pooler: the linear head counts the same, so it would not help either.
+    assert main(["plan", "--budget", "150", "--model", str(tiny_model_dir), "--head", "standard"]) == 2
+    err = capsys.readouterr().err
+    assert "raise --budget to at least 196" in err and "--head" not in err
+    # Without its pooler the standard head needs a fresh one (1,056 more): there the linear head is the fix.
+    assert main(["plan", "--budget", "1100", "--model", str(no_pooler_dir), "--head", "standard"]) == 2
+    err = capsys.readouterr().err
+    assert "drop --head standard (the linear head's smallest configuration has 196)" in err
+    # Ranks the search left out are suggested only when they fit.
+    assert main(["plan", "--budget", "200", "--model", str(tiny_model_dir), "--ranks", "4,8"]) == 2
+    assert "add rank 1 to --ranks (its smallest configuration has 196)" in capsys.readouterr().err
+
+
+def test_plan_lists_no_row_twice_when_both_heads_count_the_same(tiny_model_dir, capsys):
+    # BERT: the linear head replaces the (frozen) pooler and keeps the stock classifier, so both heads count the
+    # same; the shortlist keeps one row per configuration, the standard head's.
+    assert main(["plan", "--budget", "100000", "--model", str(tiny_model_dir), "--top", "50"]) == 0
+    rows = _shortlist_rows(capsys.readouterr().out)
+    numbers = [tuple(row[2:]) for row in rows]  # r, LoRA on, layers, counts
+    assert rows and len(numbers) == len(set(numbers)) and {row[1] for row in rows} == {"standard"}

@@ -6,7 +6,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+from transformers import (BertConfig, BertForSequenceClassification, MPNetConfig, MPNetForSequenceClassification,
+                          RobertaConfig, RobertaForSequenceClassification)
 
 from textlora.batching import Tokenized
 from textlora.config import ModelConfig, TrainConfig, load_config
@@ -26,6 +27,8 @@ def _save_encoder(folder, kind: str, layers: int = 4, dropout: float = 0.1):
     torch.manual_seed(0)
     if kind == "roberta":
         RobertaForSequenceClassification(RobertaConfig(**shape, max_position_embeddings=130, pad_token_id=1)).roberta.save_pretrained(folder)
+    elif kind == "mpnet":  # one relative-position bias for all layers, computed by the encoder
+        MPNetForSequenceClassification(MPNetConfig(**shape, max_position_embeddings=130)).mpnet.save_pretrained(folder)
     else:
         BertForSequenceClassification(BertConfig(**shape, max_position_embeddings=130)).bert.save_pretrained(folder)
     return folder
@@ -37,7 +40,7 @@ def _random_tokens(n: int, seed: int = 0) -> Tokenized:
                      truncated=0)
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("kind", ["bert", "roberta", "mpnet"])
 def test_cached_forward_equals_uncached(tmp_path, kind):
     folder = _save_encoder(tmp_path / kind, kind)
     built = build_model(ModelConfig(name_or_path=str(folder), layers="2-3", max_trainable_params=10**9), LABELS)
@@ -50,7 +53,7 @@ def test_cached_forward_equals_uncached(tmp_path, kind):
     embeddings, layers = parts.base.embeddings, parts.base.encoder.layer
     assert lowest_trained_layer(parts) == 2
     tokens = _random_tokens(50)
-    pad = 1 if kind == "roberta" else 0
+    pad = 0 if kind == "bert" else 1
     cache = PrefixCache(parts, 2, tokens.lengths).fill(tokens, pad, torch.device("cpu"), batch_size=8)
     assert cache.nbytes == estimate_bytes(tokens.lengths, 32)
     uncached = predict_proba(model, tokens, pad, batch_size=8)

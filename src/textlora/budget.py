@@ -113,9 +113,11 @@ def lora_params_for(base: torch.nn.Module, cfg: ModelConfig) -> int:
 def nearest_fits(cfg: ModelConfig, built: BuiltModel, non_lora: int, limit: int = 5) -> list[tuple[ModelConfig, int]]:
     """Configurations one change away from ``cfg`` (lower rank, fewer layers, fewer modules, linear head) that fit.
 
-    Returns up to ``limit`` (config, total trainable) pairs, the largest first.
+    Returns up to ``limit`` (config, total trainable) pairs, the largest first. Their target modules are in the
+    model's own names (``built.target_modules``: MPNet's ``q``/``v`` for ``query``/``value``).
     """
     base = built.model.get_base_model()
+    cfg = replace(cfg, target_modules=list(built.target_modules or cfg.target_modules))
     num_layers = getattr(base.config, "num_hidden_layers", 12)
     candidates: list[ModelConfig] = []
     for r in (32, 16, 8, 4, 2, 1):
@@ -175,6 +177,8 @@ def enforce_budget(cfg: ModelConfig, breakdown: Breakdown, built: BuiltModel) ->
     suggestions = nearest_fits(cfg, built, non_lora)
     lines = [f"{describe_lora(cfg)} has {breakdown.total:,} trainable parameters, over the budget of "
              f"{cfg.max_trainable_params:,} (model.max_trainable_params).", breakdown.table()]
+    if built.targets_note:
+        lines.append(built.targets_note)
     if suggestions:
         lines.append("Nearest configurations that fit:")
         lines += [f"  {describe_lora(c)}{', ' + c.head + ' head' if c.head != cfg.head else ''}: {n:,}   "

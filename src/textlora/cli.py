@@ -56,10 +56,15 @@ def _rank_list(text: str) -> list[int]:
 def _data_source(args, run_dir: Path, path: Optional[str] = None):
     """The ``--data`` rows (or ``path``'s), read with the run's training options unless flags override them."""
     from .config import DataSource, config_from_yaml_file
+    from .exported import exported_source, is_exported_folder
 
-    if not (run_dir / "config.yaml").is_file():
-        raise RunFolderError(f"{run_dir} is not a run folder (no config.yaml); pass the folder `textlora train` printed")
-    trained = config_from_yaml_file(run_dir / "config.yaml").data.train
+    if is_exported_folder(run_dir):
+        trained = exported_source(run_dir)
+    elif not (run_dir / "config.yaml").is_file():
+        raise RunFolderError(f"{run_dir} is not a run folder (no config.yaml) nor an exported one (no config.json); "
+                             "pass the folder `textlora train` printed or the one `textlora export` wrote")
+    else:
+        trained = config_from_yaml_file(run_dir / "config.yaml").data.train
     source = DataSource(path=args.data if path is None else path, split=args.split, column_names=trained.column_names,
                         text_columns=trained.text_columns, label_column=trained.label_column)
     if args.header:
@@ -98,6 +103,8 @@ def cmd_params(args) -> None:
         print(json.dumps(breakdown.as_dict(), indent=2))
     else:
         print(breakdown.table())
+    if built.targets_note and not args.pretrained:  # with --pretrained, loading the model said it
+        print(f"note: {built.targets_note}", file=sys.stderr if args.json else sys.stdout)
     enforce_budget(config.model, breakdown, built)
 
 
@@ -106,7 +113,8 @@ def cmd_evaluate(args) -> None:
 
     run_dir = Path(args.run)
     evaluate_many(run_dir, [_data_source(args, run_dir, path) for path in args.data],
-                  Path(args.output) if args.output else None, args.batch_size, args.device, args.precision)
+                  Path(args.output) if args.output else None, args.batch_size, args.device, args.precision,
+                  args.base_model)
 
 
 def cmd_predict(args) -> None:
@@ -114,19 +122,19 @@ def cmd_predict(args) -> None:
 
     run_dir = Path(args.run)
     predict(run_dir, _data_source(args, run_dir), Path(args.output), args.names, args.probs,
-            args.batch_size, args.device, precision=args.precision)
+            args.batch_size, args.device, precision=args.precision, base_model=args.base_model)
 
 
 def cmd_classify(args) -> None:
     from .predict import classify
 
-    classify(Path(args.run), args.texts, args.json, args.device, args.precision)
+    classify(Path(args.run), args.texts, args.json, args.device, args.precision, args.base_model)
 
 
 def cmd_export(args) -> None:
     from .export import export
 
-    export(Path(args.run), Path(args.out), onnx=args.onnx, force=args.force)
+    export(Path(args.run), Path(args.out), onnx=args.onnx, force=args.force, base_model=args.base_model)
 
 
 def cmd_serve(args) -> None:
@@ -135,7 +143,7 @@ def cmd_serve(args) -> None:
     limits = ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
     serve(Path(args.model), args.host, args.port, args.device, limits, args.root_path, args.log_level, args.onnx,
-          args.precision)
+          args.precision, args.base_model)
 
 
 def cmd_report(args) -> None:
@@ -184,11 +192,17 @@ def _add_data_flags(parser: argparse.ArgumentParser, labels: bool, many: bool = 
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     _add_precision_flag(parser)
+    _add_base_model_flag(parser)
 
 
 def _add_precision_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="run", choices=["run", "fp32", "bf16"],
                         help="run: as the run validated in training (its train.mixed_precision on this device)")
+
+
+def _add_base_model_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-model", metavar="PATH_OR_ID",
+                        help="the run's base model from here (a folder or hub id) instead of its model.name_or_path")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,30 +224,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides")
 
     p = sub.add_parser("evaluate", help="metrics of a run's best model on labelled data")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", help="run folder, or a folder `textlora export` wrote")
     _add_data_flags(p, labels=True, many=True)
     p.add_argument("--output", help="JSON file of a single --data (default RUN/evaluations/<data>.json, or "
                                     "<data>-2.json when that holds an evaluation of other data)")
 
     p = sub.add_parser("predict", help="write a submission CSV (ID,Label)")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", help="run folder, or a folder `textlora export` wrote")
     _add_data_flags(p, labels=False)
     p.add_argument("--output", required=True, help="CSV file to write, e.g. submission.csv")
     p.add_argument("--names", action="store_true", help="add a LabelName column")
     p.add_argument("--probs", action="store_true", help="add a probability column per class")
 
     p = sub.add_parser("classify", help="label and probabilities for texts given on the command line")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", help="run folder, or a folder `textlora export` wrote")
     p.add_argument("texts", nargs="+", help="texts to classify")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     _add_precision_flag(p)
+    _add_base_model_flag(p)
 
     p = sub.add_parser("export", help="write a merged, plain Hugging Face model folder (LoRA folded in)")
     p.add_argument("run", help="run folder")
     p.add_argument("--out", required=True, help="folder to create (loads with stock transformers)")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx, checked against PyTorch")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    _add_base_model_flag(p)
 
     p = sub.add_parser("serve", help="HTTP API + web page for a run folder or exported model")
     p.add_argument("model", help="run folder or folder written by `textlora export`")
@@ -241,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     _add_precision_flag(p)
+    _add_base_model_flag(p)
     p.add_argument("--max-texts", type=int, default=64, help="texts per request (more: 413)")
     p.add_argument("--max-chars", type=int, default=2000, help="characters per text (more: 413)")
     p.add_argument("--max-batch", type=int, default=32, help="most texts in one model call")

@@ -134,7 +134,9 @@ class ModelConfig:
     """The encoder and its LoRA adapter."""
 
     name_or_path: str = "roberta-base"
-    """Hub id or local folder of any ``AutoModelForSequenceClassification`` encoder."""
+    """Hub id, local folder or ``pkg:PACKAGE/folder`` of any ``AutoModelForSequenceClassification`` encoder; the run
+    folder keeps it as given (a relative path is read from the current directory), ``--base-model`` points a run at
+    another copy."""
     max_length: int = 128
     """Tokens per text after truncation (truncated texts are counted and reported)."""
     lora_r: int = 8
@@ -144,7 +146,9 @@ class ModelConfig:
     lora_dropout: float = 0.1
     """Dropout on the LoRA input."""
     target_modules: List[str] = field(default_factory=lambda: ["query", "value"])
-    """Module names that get LoRA (roberta/bert: query, key, value, attention.output.dense, intermediate.dense, output.dense)."""
+    """Module names that get LoRA (roberta/bert: query, key, value, attention.output.dense, intermediate.dense, output.dense;
+    mpnet: q, k, v, o, intermediate.dense, output.dense). A name the model lacks that names a role (query, key, value,
+    attention-output, ffn-in, ffn-out) is mapped to the model's own name for it, and the log says so."""
     layers: Optional[str] = None
     """Encoder layers that get LoRA, e.g. ``"8-11"``; null means all layers."""
     max_trainable_params: int = 1_000_000
@@ -152,10 +156,15 @@ class ModelConfig:
     head: str = "standard"
     """Classification head: ``standard`` (the model class's own) or ``linear`` (dropout + one Linear on the first
     token's final hidden state: 3,076 parameters for roberta-base and 4 classes instead of 593,668)."""
+    base_dtype: str = "auto"
+    """Dtype the frozen pretrained weights are stored in: ``auto`` (bf16 where the hardware multiplies bf16 natively:
+    CUDA compute capability 8+, CPUs with avx512_bf16 or AMX; fp16 on older GPUs under fp16 autocast; fp32 elsewhere
+    and when ``train.mixed_precision`` is ``no``), ``fp32``, ``bf16`` or ``fp16`` (GPU). LoRA, the head, the optimizer
+    state and the loss stay fp32 whatever this says; inference loads the base the same way. See precision.py."""
     first_token_last_layer: bool = True
     """Run the last encoder layer for the first token only, the one the head reads (keys/values still from every
     token). Exact, not an approximation; skips ~1/N of an N-layer encoder's work. Applied to BERT/RoBERTa-style
-    encoders with SDPA or eager attention; other models run stock (the train log says which)."""
+    encoders with SDPA or eager attention and to MPNet; other models run stock (the train log says which)."""
 
     def __post_init__(self):
         _require(self.lora_r >= 1, "model.lora_r", "must be >= 1")
@@ -165,6 +174,7 @@ class ModelConfig:
         _require(len(self.target_modules) > 0, "model.target_modules", "name at least one module")
         _require(self.max_trainable_params > 0, "model.max_trainable_params", "must be > 0")
         _one_of(self.head, "model.head", ("standard", "linear"))
+        _one_of(self.base_dtype, "model.base_dtype", ("auto", "fp32", "bf16", "fp16"))
         if self.layers is not None:
             parse_layer_range(self.layers, "model.layers")
 
@@ -274,7 +284,8 @@ class TrainConfig:
     was measured slower than without it (0.92x, BENCHMARKS.md), and the train log says so."""
     fast_cpu_dropout: bool = True
     """Training on CPU: dropout masks (hidden states, LoRA inputs, head and, for BERT-style models, attention
-    probabilities in textlora's own attention function instead of SDPA's math path) from 15-bit integers of torch's
+    probabilities in textlora's own attention function instead of SDPA's math path; MPNet's in its own attention
+    dropout modules) from 15-bit integers of torch's
     generator instead of ``bernoulli_``: the keep probability exact to 1/32768, another random stream (still seeded),
     faster steps (BENCHMARKS.md). ``false``: torch's own dropout and SDPA. No effect on GPUs or outside training."""
 

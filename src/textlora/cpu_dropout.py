@@ -19,7 +19,9 @@ instead of keeping it, so the process stays as flat over a long run as with SDPA
 GB against SDPA's 3.6; an earlier version that kept the probabilities grew to 6.1 GB by step 1,000).
 
 :func:`install` applies both to a model for CPU training (``train.fast_cpu_dropout``); outside
-training, and on other devices, every module behaves as the stock one.
+training, and on other devices, every module behaves as the stock one. A model that computes attention
+in its own code instead of through transformers' registry (MPNet) keeps it, and gets the masks where it
+drops attention probabilities with an ``nn.Dropout`` module, like every other dropout module.
 """
 
 from __future__ import annotations
@@ -220,5 +222,18 @@ def install(model: torch.nn.Module) -> str:
     if switch:
         config._attn_implementation = ATTENTION
     attention_note = " and attention dropout" if switch else ""
+    if not uses_registry and _attention_dropout_modules(model):
+        # MPNet computes attention in its own code and drops the probabilities with its nn.Dropout module.
+        attention_note = " (attention dropout among them: the model applies it as a module)"
     return (f"dropout on CPU from 15-bit integer masks: {swapped} dropout modules{attention_note} "
             "(train.fast_cpu_dropout; false = torch's bernoulli dropout)")
+
+
+def _attention_dropout_modules(model: torch.nn.Module) -> int:
+    """Swapped ``dropout`` modules of self-attention modules (those with a query Linear, LoRA-wrapped or not)."""
+    count = 0
+    for module in model.modules():
+        linears = {name for name, child in module.named_children()
+                   if isinstance(getattr(child, "base_layer", child), torch.nn.Linear)}
+        count += bool(linears & {"q", "query", "q_lin"}) and isinstance(getattr(module, "dropout", None), CPUDropout)
+    return count

@@ -78,14 +78,14 @@ def write_metrics(path: Path, metrics: dict) -> None:
 
 
 def evaluate(run_dir: Path, source: DataSource, output: Optional[Path] = None, batch_size: int = 64,
-             device: str = "auto", precision: str = "run") -> dict:
+             device: str = "auto", precision: str = "run", base_model: Optional[str] = None) -> dict:
     """Evaluate a run's best model on labelled data; writes JSON and returns the metrics (one set of
     :func:`evaluate_many`)."""
-    return evaluate_many(run_dir, [source], output, batch_size, device, precision)[0]
+    return evaluate_many(run_dir, [source], output, batch_size, device, precision, base_model)[0]
 
 
 def evaluate_many(run_dir: Path, sources: Sequence[DataSource], output: Optional[Path] = None, batch_size: int = 64,
-                  device: str = "auto", precision: str = "run") -> list[dict]:
+                  device: str = "auto", precision: str = "run", base_model: Optional[str] = None) -> list[dict]:
     """Evaluate a run's best model on one or more labelled data sets; writes one JSON each, returns the metrics.
 
     One set prints the full table; several print one table with a column per set. Every set is read
@@ -95,6 +95,7 @@ def evaluate_many(run_dir: Path, sources: Sequence[DataSource], output: Optional
         sources: the rows; reading options default to those the run was trained with.
         output: where to write the JSON of a single set (default ``RUN/evaluations/<data file stem>.json``;
             when that holds an evaluation of other data, ``<stem>-2.json``, ``-3`` ...: :func:`evaluation_path`).
+        base_model: another copy of the run's base model, a folder or hub id (``--base-model``).
     """
     from .data import load_inference_data
     from .inference import load_run
@@ -103,14 +104,14 @@ def evaluate_many(run_dir: Path, sources: Sequence[DataSource], output: Optional
         if len(sources) > 1:
             raise TextloraError(f"--output names one file, but --data is given {len(sources)} times; drop --output "
                                 "(each result goes to RUN/evaluations/<data name>.json)")
-        check_output_file(Path(output), "eval.json")
+        check_output_file(Path(output), "eval.json", inputs=[source.path for source in sources])
     identities = [data_identity(source) for source in sources]
     for source, identity in zip(sources, identities):
         if identities.count(identity) > 1:
             raise TextloraError(f"--data {source.path} is given twice; give each data set once")
-    run = load_run(run_dir, device=device, precision=precision)
-    splits = [load_inference_data(source, run.label_map, run.config.data.clean_backslashes, need_labels=True)
-              for source in sources]
+    run = load_run(run_dir, device=device, precision=precision, base_model=base_model)
+    splits = [load_inference_data(source, run.label_map, run.config.data.clean_backslashes, need_labels=True,
+                                  trained=run.config.data.train) for source in sources]
     results, written = [], []
     for source, identity, (split, stats) in zip(sources, identities, splits):
         probs, truncated = run.probabilities(split.texts, batch_size)

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import asdict
 from pathlib import Path
+from typing import Optional
+
 import numpy as np
 import torch
 
 from .checkpoint import check_output_folder, folder_written_whole
 from .errors import TextloraError
+from .exported import EXPORT_INFO
 
-EXPORT_INFO = "textlora.json"
 # Heads that the stock AutoModelForSequenceClassification class builds itself; anything else
 # (e.g. a light `linear` head) has no stock class to load into.
 STOCK_HEADS = {None, "", "default", "standard", "auto"}
@@ -85,7 +88,8 @@ def check_exportable_head(config, run_dir: Path) -> None:
         )
 
 
-def export(run_dir: Path, out_dir: Path, onnx: bool = False, force: bool = False) -> dict:
+def export(run_dir: Path, out_dir: Path, onnx: bool = False, force: bool = False,
+           base_model: Optional[str] = None) -> dict:
     """Write the run's merged model to ``out_dir`` (written to a temp folder, then renamed into place).
 
     Args:
@@ -93,6 +97,7 @@ def export(run_dir: Path, out_dir: Path, onnx: bool = False, force: bool = False
         out_dir: the folder to create; it must not exist (or be empty) unless ``force``.
         onnx: also write ``model.onnx`` and check its logits against PyTorch.
         force: replace an earlier export in ``out_dir`` (a folder holding anything else is refused).
+        base_model: another copy of the run's base model, a folder or hub id (``--base-model``).
     Returns:
         The export info written to ``textlora.json`` (plus ``onnx_max_abs_diff`` with ``onnx``).
     """
@@ -113,7 +118,7 @@ def export(run_dir: Path, out_dir: Path, onnx: bool = False, force: bool = False
     check_output_folder(out_dir, EXPORT_INFO, "--out", _export_file)
 
     # Merged into fp32 weights whatever the run's base_dtype: merged into bf16, LoRA's update would round away.
-    run = load_run(run_dir, device="cpu", merge=True, precision="fp32")
+    run = load_run(run_dir, device="cpu", merge=True, precision="fp32", base_model=base_model)
     model, tokenizer = run.model, run.tokenizer
     names = list(run.label_map.names)
     # load_run builds the config with these already; set them again so the export never depends on it.
@@ -122,7 +127,12 @@ def export(run_dir: Path, out_dir: Path, onnx: bool = False, force: bool = False
     # A tokenizer called with truncation=True (and no max_length) cuts at model_max_length: make that the
     # length the run was trained and evaluated with.
     tokenizer.model_max_length = run.config.model.max_length
-    info = {"format": "textlora-export/1", **run_info(run_dir, run.config, run.label_map)}
+    trained = run.config.data.train
+    info = {"format": "textlora-export/1", **run_info(run_dir, run.config, run.label_map),
+            # How the run read and labelled its data: classify, predict and evaluate read --data the same way.
+            "data": {"column_names": None if trained.column_names is None else list(trained.column_names),
+                     "text_columns": list(trained.text_columns), "label_column": trained.label_column},
+            "label_map": asdict(run.label_map)}
 
     with folder_written_whole(out_dir, EXPORT_INFO, "--out", _export_file) as tmp:
         model.save_pretrained(tmp)

@@ -12,15 +12,17 @@ approximation (tests compare with the stock forward, with gradients).
 The model stays stock: only the last layer's ``forward`` is replaced on that instance, and the
 replacement calls the layer's own submodules (so LoRA on query/key/value, merged or not, applies).
 It is applied only where it is known to be exact: BERT-style layers (``attention.self`` with
-query/key/value, ``attention.output``, ``feed_forward_chunk``), SDPA or eager attention, an encoder
-(not a decoder), and a head known to read the first token. What it gives up: the last layer's per-token hidden
-states and attention maps are not produced (``output_hidden_states``/``output_attentions`` see a
-``[B, 1, H]`` last layer); nothing in textlora reads them, and ``model.first_token_last_layer: false``
-restores the stock layer.
+query/key/value, ``attention.output``, ``feed_forward_chunk``) with SDPA or eager attention, or MPNet
+layers (``attention.attn`` with q/k/v/o and the encoder's relative-position bias, ``attention.LayerNorm``,
+``intermediate``, ``output``), an encoder (not a decoder), and a head known to read the first token.
+What it gives up: the last layer's per-token hidden states and attention maps are not produced
+(``output_hidden_states``/``output_attentions`` see a ``[B, 1, H]`` last layer); nothing in textlora
+reads them, and ``model.first_token_last_layer: false`` restores the stock layer.
 """
 
 from __future__ import annotations
 
+import math
 import types
 from typing import Optional
 
@@ -33,7 +35,7 @@ from .prefix_cache import encoder_parts, stock_classifier
 FIRST_TOKEN_CLASSIFIERS = frozenset({
     "BertForSequenceClassification", "RobertaForSequenceClassification", "XLMRobertaForSequenceClassification",
     "CamembertForSequenceClassification", "ElectraForSequenceClassification",
-    "Data2VecTextForSequenceClassification",
+    "Data2VecTextForSequenceClassification", "MPNetForSequenceClassification",
 })
 _ATTENTION_KINDS = ("sdpa", "eager")
 
@@ -59,6 +61,34 @@ def _first_token_forward(self, hidden_states: torch.Tensor, attention_mask: Opti
     return self.feed_forward_chunk(attention_output)
 
 
+def _mpnet_first_token_forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                               position_bias: Optional[torch.Tensor] = None, *unused_args, **kwargs) -> tuple:
+    """An MPNet layer's forward with queries from the first token only: ``[B, T, H]`` -> ``([B, 1, H],)``.
+
+    ``MPNetSelfAttention`` computed for one query row, in the stock order of operations: scores scaled, then the
+    first row of the encoder's relative-position bias ``[B, heads, T, T]`` and of the additive mask added.
+    """
+    attn = self.attention.attn
+    batch, length = hidden_states.shape[:2]
+    head_size = attn.attention_head_size
+    first = hidden_states[:, :1]
+    query = attn.q(first).view(batch, 1, -1, head_size).transpose(1, 2)
+    key = attn.k(hidden_states).view(batch, length, -1, head_size).transpose(1, 2)
+    value = attn.v(hidden_states).view(batch, length, -1, head_size).transpose(1, 2)
+    scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(head_size)
+    if position_bias is not None:
+        scores += position_bias[:, :, :1, :]
+    if attention_mask is not None:
+        scores = scores + (attention_mask[:, :, :1, :] if attention_mask.dim() == 4 else attention_mask)
+    probs = attn.dropout(torch.softmax(scores, dim=-1))
+    context = torch.matmul(probs, value).permute(0, 2, 1, 3).reshape(batch, 1, -1)
+    attention_output = self.attention.LayerNorm(self.attention.dropout(attn.o(context)) + first)
+    return (self.output(self.intermediate(attention_output), attention_output),)
+
+
+_FORWARDS = (_first_token_forward, _mpnet_first_token_forward)
+
+
 def _eager_attention(self_attention):
     # The model's own eager function (it lives in the model's module, not in the registry).
     import sys
@@ -79,16 +109,24 @@ def why_not(model: torch.nn.Module, head: str) -> Optional[str]:
         return f"{type(classifier).__name__}'s head is not known to read only the first token"
     if getattr(config, "is_decoder", False):
         return "the model is a decoder"
+    layer = _last_layer(model)
+    if _is_mpnet_layer(layer):
+        return None  # MPNet computes its attention itself, whatever the attention implementation says
     attention = getattr(config, "_attn_implementation", None)
     if attention not in _ATTENTION_KINDS:
         return f"attention implementation {attention!r} is not sdpa or eager"
-    layer = _last_layer(model)
     self_attention = getattr(getattr(layer, "attention", None), "self", None)
     needed = ("query", "key", "value", "attention_head_size", "scaling", "dropout")
     if layer is None or self_attention is None or not all(hasattr(self_attention, name) for name in needed) \
             or not hasattr(layer.attention, "output") or not hasattr(layer, "feed_forward_chunk"):
-        return "the encoder's layers are not BERT-style (attention.self.query/key/value, feed_forward_chunk)"
+        return ("the encoder's layers are neither BERT-style (attention.self.query/key/value, feed_forward_chunk) "
+                "nor MPNet's (attention.attn.q/k/v/o)")
     return None
+
+
+def _is_mpnet_layer(layer: Optional[torch.nn.Module]) -> bool:
+    """An ``MPNetLayer``: the stock class, whose parts :func:`_mpnet_first_token_forward` calls."""
+    return type(layer).__name__ == "MPNetLayer" and type(layer).__module__.endswith("modeling_mpnet")
 
 
 def restrict_last_layer(model: torch.nn.Module, head: str) -> bool:
@@ -96,14 +134,15 @@ def restrict_last_layer(model: torch.nn.Module, head: str) -> bool:
     if why_not(model, head) is not None:
         return False
     layer = _last_layer(model)
-    layer.forward = types.MethodType(_first_token_forward, layer)
+    forward = _mpnet_first_token_forward if _is_mpnet_layer(layer) else _first_token_forward
+    layer.forward = types.MethodType(forward, layer)
     return True
 
 
 def is_restricted(model: torch.nn.Module) -> bool:
     layer = _last_layer(model)
     forward = getattr(layer, "__dict__", {}).get("forward")
-    return getattr(forward, "__func__", None) is _first_token_forward
+    return getattr(forward, "__func__", None) in _FORWARDS
 
 
 def first_token_note(model: torch.nn.Module, model_cfg) -> str:

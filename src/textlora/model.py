@@ -16,7 +16,7 @@ import logging
 import pickle
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Optional
@@ -30,6 +30,8 @@ from .errors import ConfigError, RunFolderError
 from .first_token import restrict_last_layer
 from .heads import apply_head
 from .labels import LabelMap
+from .precision import BASE_DTYPES
+from .targets import mapping_note, resolve_targets
 
 # Architecture configs shipped with textlora so that `params` and `plan` count roberta-base
 # offline; they describe shapes only (no weights), copied verbatim from the model's config.json.
@@ -81,6 +83,11 @@ class BuiltModel:
     fresh_known: bool = True
     """False when the checkpoint's weight names could not be read without loading it (a hub id, a folder
     without safetensors): ``fresh_modules`` is then empty whether or not the checkpoint lacks any."""
+    target_modules: Optional[list[str]] = None
+    """The ``target_modules`` LoRA went on, in the model's own names (``model.target_modules`` mapped by role
+    where the model names its Linear modules otherwise: MPNet's ``query`` is ``q``, see targets.py)."""
+    targets_note: Optional[str] = None
+    """One line saying how ``model.target_modules`` was mapped, or None when it was used as given."""
 
 
 def load_model_config(name_or_path: str, label_map: Optional[LabelMap] = None, num_labels: int = 2,
@@ -102,9 +109,12 @@ def load_model_config(name_or_path: str, label_map: Optional[LabelMap] = None, n
         config = AutoConfig.from_pretrained(name_or_path, **kwargs)
     except Exception as exc:  # OSError, ValueError, hub validation errors: all mean "not loadable"
         if bundled is None:
+            from .runfolder import how_to_get
+
             raise ConfigError(
                 f"model.name_or_path={name_or_path!r}: no model config could be loaded ({str(exc).splitlines()[0]}). "
-                "Give a local folder with config.json or a hub id reachable from this machine"
+                "Give a local folder with config.json or a hub id reachable from this machine "
+                f"({how_to_get(name_or_path)})"
             ) from None
         data = json.loads(resources.files("textlora.bundled").joinpath(bundled).read_text())
         config = AutoConfig.for_model(**{**data, **kwargs})
@@ -187,8 +197,11 @@ def lora_config(cfg: ModelConfig, modules_to_save: list[str]) -> LoraConfig:
 
 
 def build_base_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained: bool,
-                     num_labels: int = 2) -> tuple[torch.nn.Module, Optional[list[str]]]:
+                     num_labels: int = 2, base_dtype: str = "fp32") -> tuple[torch.nn.Module, Optional[list[str]]]:
     """Instantiate the stock classifier; returns it and the keys its checkpoint lacked.
+
+    ``base_dtype`` (``fp32``, ``bf16``, ``fp16``) is the dtype the pretrained weights are loaded in; the head and
+    the modules the checkpoint lacks are put back in fp32 by :func:`build_model`.
 
     With ``pretrained=False`` it is built on the meta device from the config alone (for counting); the
     lacking keys then come from the safetensors headers of a local folder (:func:`checkpoint_keys`), and
@@ -205,7 +218,8 @@ def build_base_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained
     try:
         _quiet_transformers()
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_location(cfg.name_or_path), config=config, output_loading_info=True)
+            resolve_model_location(cfg.name_or_path), config=config, output_loading_info=True,
+            dtype=BASE_DTYPES[base_dtype])
     except pickle.UnpicklingError:  # torch.load(weights_only=True) met a pickle that is more than tensors
         raise ConfigError(f"model.name_or_path={cfg.name_or_path!r}: its weights file is a pickle that asks to run "
                           "code, which was refused without running it; use a model saved as safetensors "
@@ -224,6 +238,10 @@ def _shape_for_textlora(model: torch.nn.Module, head: str, first_token_last_laye
     apply_head(model, head)
     if first_token_last_layer:
         restrict_last_layer(model, head)
+    # Forget the folder the weights came from: peft would write it to adapter_config.json (and an export to
+    # config.json) as this machine's absolute path. The run's config.yaml names the model as the user gave it.
+    model.name_or_path = ""
+    model.config.name_or_path = ""
 
 
 def _quiet_transformers() -> None:
@@ -238,21 +256,56 @@ def _quiet_transformers() -> None:
 
 
 def build_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained: bool = True,
-                num_labels: int = 2) -> BuiltModel:
-    """The LoRA-wrapped classifier: LoRA on ``cfg.target_modules``, head and fresh modules trained fully."""
+                num_labels: int = 2, base_dtype: str = "fp32") -> BuiltModel:
+    """The LoRA-wrapped classifier: LoRA on ``cfg.target_modules``, head and fresh modules trained fully.
+
+    ``base_dtype`` is the frozen base's storage dtype (``model.base_dtype`` resolved, see precision.py); what
+    trains is fp32 whatever it is.
+    """
     _quiet_transformers()
-    base, missing = build_base_model(cfg, label_map, pretrained, num_labels)
+    base, missing = build_base_model(cfg, label_map, pretrained, num_labels, base_dtype)
     _check_max_length(cfg, base)
     head = head_module_names(base)
     fresh = _fresh_modules(missing or [], head)
     if pretrained and fresh:
         print(f"[model] not in the checkpoint, trained from scratch: {', '.join(fresh)}")
+    if pretrained:
+        keep_trained_in_fp32(base, head + fresh)
+    targets = resolve_targets(base, cfg.target_modules, "model.target_modules", cfg.name_or_path)
+    note = mapping_note(cfg.target_modules, targets, base)
+    if pretrained and note:
+        print(f"[model] {note}")
     try:
-        model = get_peft_model(base, lora_config(cfg, head + fresh))
+        model = get_peft_model(base, lora_config(replace(cfg, target_modules=targets), head + fresh))
     except ValueError as exc:
         raise ConfigError(f"model.target_modules={list(cfg.target_modules)} / model.layers={cfg.layers!r}: "
                           f"{str(exc).splitlines()[0]}") from None
-    return BuiltModel(model=model, head_modules=head, fresh_modules=fresh, fresh_known=missing is not None)
+    return BuiltModel(model=model, head_modules=head, fresh_modules=fresh, fresh_known=missing is not None,
+                      target_modules=targets, targets_note=note)
+
+
+def keep_trained_in_fp32(model: torch.nn.Module, module_names: list[str]) -> None:
+    """Put ``module_names`` (head, fresh modules) back in fp32 and feed them fp32 inputs, whatever the base's dtype.
+
+    Trained weights and their optimizer state must be fp32: bf16 keeps 8 bits of mantissa, too few for small
+    updates to add up. A frozen base stored in bf16 hands these modules bf16 hidden states, so each one casts
+    its floating-point inputs up on the way in (without autocast a bf16 input and an fp32 weight cannot meet in
+    one matmul). Must run before peft wraps the model: peft copies the modules (hooks included) it trains.
+    LoRA's own A/B weights are fp32 already (peft upcasts adapters) and peft casts their inputs itself.
+    """
+    if all(p.dtype == torch.float32 for p in model.parameters()):
+        return  # an fp32 base: nothing to cast, no hook to add
+    modules = dict(model.named_modules())
+    for name in module_names:
+        module = modules.get(name)
+        if module is None:  # peft lists its task's default head names (``score``) whether the model has them or not
+            continue
+        module.float()
+        module.register_forward_pre_hook(_inputs_to_fp32)
+
+
+def _inputs_to_fp32(module, args):
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
 def build_counting_twin(built: BuiltModel, cfg: ModelConfig) -> BuiltModel:
@@ -268,8 +321,10 @@ def build_counting_twin(built: BuiltModel, cfg: ModelConfig) -> BuiltModel:
     head = head_module_names(base)
     modules = dict(base.named_modules())
     fresh = [m for m in built.fresh_modules if m in modules and any(True for _ in modules[m].parameters())]
-    model = get_peft_model(base, lora_config(cfg, head + fresh))
-    return BuiltModel(model=model, head_modules=head, fresh_modules=fresh, fresh_known=built.fresh_known)
+    targets = resolve_targets(base, cfg.target_modules, "model.target_modules", cfg.name_or_path)
+    model = get_peft_model(base, lora_config(replace(cfg, target_modules=targets), head + fresh))
+    return BuiltModel(model=model, head_modules=head, fresh_modules=fresh, fresh_known=built.fresh_known,
+                      target_modules=targets)
 
 
 def _check_max_length(cfg: ModelConfig, model: torch.nn.Module) -> None:
@@ -299,11 +354,12 @@ def load_tokenizer(name_or_path: str):
 
 
 def load_trained_model(run_dir: Path, base_name_or_path: str, label_map: LabelMap,
-                       head: Optional[str] = None) -> PeftModel:
+                       head: Optional[str] = None, base_dtype: str = "fp32") -> PeftModel:
     """Stock base model + the run's adapter (and head) from ``run_dir/adapter``.
 
     ``head`` defaults to the run's ``model.head`` (from its config.yaml), so the same head is rebuilt; the
-    run's ``model.first_token_last_layer`` is applied as in training.
+    run's ``model.first_token_last_layer`` is applied as in training. ``base_dtype`` is the frozen base's
+    storage dtype; the head and LoRA are loaded in fp32 as they were trained.
     """
     adapter_dir = run_dir / "adapter"
     if not (adapter_dir / "adapter_config.json").is_file() or not (adapter_dir / "adapter_model.safetensors").is_file():
@@ -313,12 +369,20 @@ def load_trained_model(run_dir: Path, base_name_or_path: str, label_map: LabelMa
     _quiet_transformers()
     run_model = _run_model_config(run_dir)
     try:
-        base = AutoModelForSequenceClassification.from_pretrained(base_name_or_path, config=config)
+        base = AutoModelForSequenceClassification.from_pretrained(base_name_or_path, config=config,
+                                                                  dtype=BASE_DTYPES[base_dtype])
         _shape_for_textlora(base, head or run_model.head, run_model.first_token_last_layer)
+        keep_trained_in_fp32(base, _saved_modules(adapter_dir))
         return PeftModel.from_pretrained(base, adapter_dir)
     except Exception as exc:  # corrupt safetensors, mismatched shapes, bad JSON
         raise RunFolderError(f"could not load the adapter in {adapter_dir}: {str(exc).splitlines()[0]}. "
                              "The file is corrupt or from another base model; retrain or restore it") from None
+
+
+def _saved_modules(adapter_dir: Path) -> list[str]:
+    """The modules an adapter trains fully (``modules_to_save`` of its adapter_config.json: head, fresh modules)."""
+    saved = json.loads((adapter_dir / "adapter_config.json").read_text()).get("modules_to_save") or []
+    return list(saved)
 
 
 def _run_model_config(run_dir: Path) -> ModelConfig:

@@ -135,7 +135,9 @@ def shortlist(candidates: list[Candidate], budget: int, num_layers: int, top: in
 
     Ranked by coverage (adapted layers x module types) first, then LoRA parameters bought: for a fixed
     budget, adapting more weight types at a lower rank beats one type at a high rank (Hu et al. 2021,
-    LoRA, section 7.1), and a lighter head leaves more of the budget to LoRA.
+    LoRA, section 7.1), and a lighter head leaves more of the budget to LoRA. Where both heads count the same
+    (BERT-style models: the linear head replaces a frozen pooler and keeps the stock classifier), the
+    standard head's row is kept and the linear one, the same numbers again, left out.
     """
     best: dict = {}
     for c in candidates:
@@ -143,7 +145,10 @@ def shortlist(candidates: list[Candidate], budget: int, num_layers: int, top: in
         if c.total <= budget and (key not in best or c.r > best[key].r):
             best[key] = c
     ranked = sorted(best.values(), key=lambda c: (-_coverage(c, num_layers), -c.lora, HEADS.index(c.head)))
-    return ranked[:top]
+    distinct = {}
+    for c in ranked:
+        distinct.setdefault((c.matched, c.layers, c.r, c.lora, c.head_params), c)
+    return list(distinct.values())[:top]
 
 
 def plan(budget: int, model: Optional[str] = None, num_labels: int = 4, base: Optional[RunConfig] = None,
@@ -178,10 +183,8 @@ def plan(budget: int, model: Optional[str] = None, num_labels: int = 4, base: Op
     num_layers = load_model_config(model_cfg.name_or_path, num_labels=num_labels, shapes_only=True).num_hidden_layers
     ranked = shortlist(candidates, budget, num_layers, top)
     if not ranked:
-        smallest = min(candidates, key=lambda c: c.total) if candidates else None
-        hint = f" (the smallest, {smallest.head} head with r={smallest.r}, has {smallest.total:,})" if smallest else ""
-        raise BudgetError(f"no configuration of {model_cfg.name_or_path} fits a budget of {budget:,}{hint}; "
-                          "raise --budget or try --head linear")
+        raise BudgetError(_nothing_fits(candidates, budget, model_cfg, num_labels, ranks, heads, sets,
+                                        [layers] if layers else None, pretrained))
     if not 1 <= pick <= len(ranked):
         raise ConfigError(f"--pick {pick}: the shortlist has {len(ranked)} entries; pick 1..{len(ranked)}")
     chosen = ranked[pick - 1]
@@ -204,6 +207,26 @@ def plan(budget: int, model: Optional[str] = None, num_labels: int = 4, base: Op
         atomic_write_text(Path(output), text)
         print(f"wrote {output}")
     return ranked
+
+
+def _nothing_fits(candidates: list[Candidate], budget: int, model_cfg: ModelConfig, num_labels: int,
+                  ranks: Sequence[int], heads: Sequence[str], sets, layers, pretrained: bool) -> str:
+    """Why nothing fits, and only the changes that would make something fit: a higher budget, and where the
+    search left them out and they fit, the linear head (``--head standard`` given) or rank 1 (``--ranks``)."""
+    smallest = min(candidates, key=lambda c: c.total) if candidates else None
+    fixes = [f"raise --budget to at least {smallest.total:,}" if smallest else "raise --budget"]
+    if "linear" not in heads:
+        light = enumerate_candidates(model_cfg, num_labels, ranks, ("linear",), sets, layers, pretrained)
+        lightest = min((c.total for c in light), default=None)
+        if lightest is not None and lightest <= budget:
+            fixes.append(f"drop --head standard (the linear head's smallest configuration has {lightest:,})")
+    if candidates and min(ranks) > 1:
+        rank_one = min(c.head_params + c.lora // c.r for c in candidates)  # LoRA is linear in r
+        if rank_one <= budget:
+            fixes.append(f"add rank 1 to --ranks (its smallest configuration has {rank_one:,})")
+    hint = (f" (the smallest, {smallest.head} head with r={smallest.r} on {smallest.matched}, has "
+            f"{smallest.total:,})") if smallest else ""
+    return f"no configuration of {model_cfg.name_or_path} fits a budget of {budget:,}{hint}; {' or '.join(fixes)}"
 
 
 def _verify(chosen: Candidate, cfg: ModelConfig, num_labels: int, pretrained: bool) -> Optional[str]:

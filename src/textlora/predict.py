@@ -7,7 +7,7 @@ import json
 import os
 import unicodedata
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -18,7 +18,8 @@ from .precision import precision_name
 
 
 def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = False, with_probs: bool = False,
-            batch_size: int = 64, device: str = "auto", chunk_rows: int = 8192, precision: str = "run") -> dict:
+            batch_size: int = 64, device: str = "auto", chunk_rows: int = 8192, precision: str = "run",
+            base_model: Optional[str] = None) -> dict:
     """Write ``output`` as CSV ``ID,Label`` (ID = the data's ``id``/``ID`` column, else the row index; Label =
     class id 0..K-1).
 
@@ -28,6 +29,7 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
     Args:
         with_names: add a ``LabelName`` column.
         with_probs: add one ``prob_<name>`` column per class.
+        base_model: another copy of the run's base model, a folder or hub id (``--base-model``).
     Returns:
         Counts: rows written, empty texts, truncated texts, rows per predicted class; the precision used.
     """
@@ -40,7 +42,7 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
     check_output_file(output, "submission.csv", inputs=[source.path])
     if not output.parent.exists():
         raise DataError(f"--output folder {output.parent} does not exist; create it first")
-    run = load_run(run_dir, device=device, precision=precision)
+    run = load_run(run_dir, device=device, precision=precision, base_model=base_model)
     names = run.label_map.names
     header = ["ID", "Label"] + (["LabelName"] if with_names else []) + ([f"prob_{n}" for n in names] if with_probs else [])
     per_class = np.zeros(len(names), dtype=np.int64)
@@ -75,8 +77,8 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
 
 
 def classify(run_dir: Path, texts: Sequence[str], as_json: bool = False, device: str = "auto",
-             precision: str = "run") -> list[dict]:
-    """Label and class probabilities for each text, printed and returned."""
+             precision: str = "run", base_model: Optional[str] = None) -> list[dict]:
+    """Label and class probabilities for each text, printed and returned (``base_model``: see :func:`predict`)."""
     from .data import extract_texts, text_problem
     from .inference import load_run
 
@@ -88,7 +90,7 @@ def classify(run_dir: Path, texts: Sequence[str], as_json: bool = False, device:
             raise DataError(f"text {number} {problem}; give UTF-8 text (convert it with iconv -t utf-8)")
     import pandas as pd
 
-    run = load_run(run_dir, device=device, precision=precision)
+    run = load_run(run_dir, device=device, precision=precision, base_model=base_model)
     cleaned = extract_texts(pd.DataFrame({"text": list(texts)}), ["text"], "classify", run.config.data.clean_backslashes)
     probs, _ = run.probabilities(cleaned)
     names = run.label_map.names

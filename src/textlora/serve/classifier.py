@@ -6,17 +6,16 @@ length-sorted batches, results in input order), so served probabilities equal ``
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..errors import RunFolderError
-from ..precision import autocast_factory, inference_precision, precision_name
+from ..precision import precision_name
 
 
 @dataclass
@@ -44,13 +43,15 @@ def _clean(texts: list[str], clean_backslashes: bool) -> list[str]:
 
 
 def load_classifier(path: Path, device: str = "auto", batch_size: int = 32, onnx: bool = False,
-                    precision: str = "run") -> Classifier:
+                    precision: str = "run", base_model: Optional[str] = None) -> Classifier:
     """Load a run folder (``config.yaml`` + ``adapter/``) or an exported folder (``config.json``).
 
     Args:
         onnx: run an exported folder's ``model.onnx`` on ONNX Runtime (CPU) instead of PyTorch.
+        base_model: for a run folder, another copy of its base model, a folder or hub id (``--base-model``).
     Raises:
-        RunFolderError: the folder is neither, or its files cannot be loaded; ``onnx`` without ``model.onnx``.
+        RunFolderError: the folder is neither, or its files cannot be loaded; ``onnx`` without ``model.onnx``;
+            ``base_model`` for an exported folder (it holds its whole model).
     """
     path = Path(path)
     if not path.is_dir():
@@ -60,8 +61,11 @@ def load_classifier(path: Path, device: str = "auto", batch_size: int = 32, onnx
         if onnx:
             raise RunFolderError(f"--onnx serves an exported folder's model.onnx; {path} is a run folder. Export it "
                                  f"first: textlora export {path} --out DIR --onnx")
-        return _from_run(path, device, batch_size, precision)
+        return _from_run(path, device, batch_size, precision, base_model)
     if (path / "config.json").is_file():
+        if base_model:
+            raise RunFolderError(f"--base-model applies to a run folder; {path} is an exported model, which holds "
+                                 "its whole model: drop --base-model")
         if onnx and not (path / "model.onnx").is_file():
             raise RunFolderError(f"{path} has no model.onnx; export with --onnx, or serve without --onnx")
         return _from_export(path, device, batch_size, onnx, precision)
@@ -69,11 +73,12 @@ def load_classifier(path: Path, device: str = "auto", batch_size: int = 32, onnx
                          "model folder (config.json); pass the folder `textlora train` or `textlora export` wrote")
 
 
-def _from_run(path: Path, device: str, batch_size: int, precision: str = "run") -> Classifier:
+def _from_run(path: Path, device: str, batch_size: int, precision: str = "run",
+              base_model: Optional[str] = None) -> Classifier:
     from ..export import run_info
     from ..inference import load_run
 
-    run = load_run(path, device=device, merge=True, precision=precision)
+    run = load_run(path, device=device, merge=True, precision=precision, base_model=base_model)
     info = {"source": "run", **run_info(path, run.config, run.label_map), "device": str(run.device),
             "precision": precision_name(run.precision), "runtime": "pytorch"}
     clean = run.config.data.clean_backslashes
@@ -101,45 +106,29 @@ class OnnxClassifier(torch.nn.Module):
 
 
 def _from_export(path: Path, device: str, batch_size: int, onnx: bool = False, precision: str = "run") -> Classifier:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from dataclasses import replace
 
-    from ..batching import tokenize
-    from ..export import EXPORT_INFO
-    from ..inference import pick_device, predict_proba
-    from ..model import _quiet_transformers
+    from ..exported import export_info, load_exported
 
-    _quiet_transformers()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path)
-    except Exception as exc:  # missing weights, corrupt files, unknown architecture
-        raise RunFolderError(f"could not load the model in {path}: {str(exc).splitlines()[0]}") from None
-    target = pick_device(device)
-    model.to(target).eval()
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    exported = json.loads((path / EXPORT_INFO).read_text()) if (path / EXPORT_INFO).is_file() else {}
-    positions = getattr(model.config, "max_position_embeddings", 512)
-    max_length = int(exported.get("max_length") or min(tokenizer.model_max_length, positions))
-    clean = bool(exported.get("clean_backslashes", False))
-    info = {"source": "export", "base_model": exported.get("base_model", model.config.name_or_path or str(path)),
-            "labels": labels, "max_length": max_length, "clean_backslashes": clean,
+    # "run" precision: the run's train.mixed_precision as the export recorded it (fp32 for an export without it).
+    run = load_exported(path, device, precision)
+    exported = export_info(path)
+    info = {"source": "export", "base_model": run.config.model.name_or_path, "labels": list(run.label_map.names),
+            "max_length": run.config.model.max_length, "clean_backslashes": run.config.data.clean_backslashes,
             "trainable_params": exported.get("trainable_params"), "lora": exported.get("lora"),
             "metrics": exported.get("metrics", {}), "run_dir": exported.get("run_dir"),
-            "model_dir": str(path.resolve()), "device": str(target), "runtime": "pytorch"}
-    # "run": the run's train.mixed_precision as the export recorded it (fp32 for an export without it).
-    compute = inference_precision(precision, exported.get("mixed_precision", "no"), target.type)
+            "model_dir": str(path.resolve()), "device": str(run.device), "runtime": "pytorch"}
     if onnx:
         try:
-            model, target = OnnxClassifier(path / "model.onnx"), torch.device("cpu")
+            # The graph is fp32, on the CPU; tokenizing and batching stay textlora's own.
+            run = replace(run, model=OnnxClassifier(path / "model.onnx"), device=torch.device("cpu"), precision="no")
         except ImportError:
             raise RunFolderError("--onnx needs onnxruntime: pip install 'textlora[onnx]'") from None
         info.update(device="cpu", runtime="onnxruntime")
-        compute = "no"  # the graph is fp32
-    info["precision"] = precision_name(compute)
+    info["precision"] = precision_name(run.precision)
+    clean = run.config.data.clean_backslashes
 
     def predict(texts: list[str]) -> np.ndarray:
-        tokens = tokenize(tokenizer, _clean(texts, clean), max_length)
-        return predict_proba(model, tokens, tokenizer.pad_token_id, batch_size, target,
-                             autocast=autocast_factory(target, compute))
+        return run.probabilities(_clean(texts, clean), batch_size)[0]
 
-    return Classifier(labels, info, predict)
+    return Classifier(list(run.label_map.names), info, predict)
