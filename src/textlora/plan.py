@@ -25,19 +25,19 @@ from .checkpoint import atomic_write_text
 from .config import ModelConfig, RunConfig, config_to_yaml, load_config
 from .errors import BudgetError, ConfigError
 from .heads import HEADS
-from .model import layer_index, lora_config
+from .model import LAYER_PATTERN, layer_index, lora_config
+from .targets import SHORT, resolve_targets, role_targets, short_name
 
 RANKS = (1, 2, 4, 8, 16, 32, 64)
-# Target lists in peft's suffix matching; note that "output.dense" also matches attention.output.dense,
-# so the matched module types are computed from the model and shown, never assumed.
-TARGET_SETS = (
+# Target lists by role (targets.py), put in each model's own module names before the search: BERT's query is
+# ``query``, MPNet's ``q``. In peft's suffix matching BERT's ffn-out name "output.dense" also matches
+# attention.output.dense, so the matched module types are computed from the model and shown, never assumed.
+TARGET_ROLES = (
     ("query",), ("value",), ("query", "value"), ("query", "key", "value"),
-    ("query", "value", "attention.output.dense"), ("query", "key", "value", "attention.output.dense"),
-    ("intermediate.dense", "output.dense"), ("query", "value", "intermediate.dense", "output.dense"),
-    ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"),
+    ("query", "value", "attention-output"), ("query", "key", "value", "attention-output"),
+    ("ffn-in", "ffn-out"), ("query", "value", "ffn-in", "ffn-out"),
+    ("query", "key", "value", "attention-output", "ffn-in", "ffn-out"),
 )
-SHORT = {"attention.self.query": "q", "attention.self.key": "k", "attention.self.value": "v",
-         "attention.output.dense": "o", "intermediate.dense": "ffn-in", "output.dense": "ffn-out"}
 
 
 @dataclass(frozen=True)
@@ -86,18 +86,18 @@ def _matched_types(base: torch.nn.Module, cfg: ModelConfig) -> str:
         if not isinstance(linear, torch.nn.Linear) or name.endswith("base_layer") or layer_index(name) != 0:
             continue
         if check_target_module_exists(config, name):
-            suffix = name.split(".0.", 1)[1] if ".0." in name else name
-            found.append(SHORT.get(suffix, suffix))
+            found.append(short_name(name[LAYER_PATTERN.search(name).end():]))
     order = list(SHORT.values())
     return ",".join(sorted(found, key=lambda s: order.index(s) if s in order else len(order)))
 
 
 def enumerate_candidates(model_cfg: ModelConfig, num_labels: int, ranks: Sequence[int] = RANKS,
-                         heads: Sequence[str] = HEADS, target_sets: Sequence[tuple[str, ...]] = TARGET_SETS,
+                         heads: Sequence[str] = HEADS, target_sets: Optional[Sequence[tuple[str, ...]]] = None,
                          layers: Optional[Sequence[Optional[str]]] = None, pretrained: bool = False) -> list[Candidate]:
     """Every (head, rank, targets, layers) combination with its exact count, fitting or not.
 
-    Heads the architecture cannot take (``linear`` on an unsupported model) are left out.
+    ``target_sets`` defaults to :data:`TARGET_ROLES` in the model's own module names (roles it lacks left
+    out). Heads the architecture cannot take (``linear`` on an unsupported model) are left out.
     """
     candidates = []
     for head in heads:
@@ -112,8 +112,9 @@ def enumerate_candidates(model_cfg: ModelConfig, num_labels: int, ranks: Sequenc
         base = built.model.get_base_model()
         num_layers = getattr(base.config, "num_hidden_layers", None)
         ranges = list(layers) if layers is not None else layer_ranges(num_layers)
+        sets = target_sets if target_sets is not None else _role_sets(base)
         seen = set()
-        for targets, layer_range in product(target_sets, ranges):
+        for targets, layer_range in product(sets, ranges):
             probe = replace(cfg, lora_r=1, target_modules=list(targets), layers=layer_range)
             per_rank = lora_params_for(base, probe)  # LoRA is linear in r: r * (in + out) per Linear
             matched = _matched_types(base, probe)
@@ -123,6 +124,12 @@ def enumerate_candidates(model_cfg: ModelConfig, num_labels: int, ranks: Sequenc
             candidates += [Candidate(head, r, tuple(targets), matched, layer_range, r * per_rank, non_lora)
                            for r in ranks]
     return candidates
+
+
+def _role_sets(base: torch.nn.Module) -> list[tuple[str, ...]]:
+    """:data:`TARGET_ROLES` as ``base`` names its modules (MPNet: ``("q", "v")``), sets of roles it lacks left out."""
+    sets = (role_targets(base, roles) for roles in TARGET_ROLES)
+    return list(dict.fromkeys(tuple(targets) for targets in sets if targets))
 
 
 def _coverage(c: Candidate, num_layers: int) -> int:
@@ -174,8 +181,8 @@ def plan(budget: int, model: Optional[str] = None, num_labels: int = 4, base: Op
     whole = base is not None
     base = base or RunConfig()
     model_cfg = replace(base.model, max_trainable_params=budget, **({"name_or_path": model} if model else {}))
-    _check_search(model_cfg, num_labels, targets, layers)
-    sets = [tuple(targets)] if targets else TARGET_SETS
+    targets = _check_search(model_cfg, num_labels, targets, layers)
+    sets = [tuple(targets)] if targets else None
     candidates = enumerate_candidates(model_cfg, num_labels, ranks, heads, sets,
                                       [layers] if layers else None, pretrained)
     from .model import load_model_config
@@ -237,15 +244,17 @@ def _verify(chosen: Candidate, cfg: ModelConfig, num_labels: int, pretrained: bo
     return breakdown.note
 
 
-def _check_search(model_cfg: ModelConfig, num_labels: int, targets: Optional[list[str]], layers: Optional[str]) -> None:
+def _check_search(model_cfg: ModelConfig, num_labels: int, targets: Optional[list[str]],
+                  layers: Optional[str]) -> Optional[list[str]]:
     """Refuse ``--targets`` the model has no Linear for and ``--layers`` beyond its last layer, naming them.
 
     Without this, nothing would match and the search would end in a misleading "nothing fits the budget".
-    """
-    from peft.tuners.tuners_utils import check_target_module_exists
 
+    Returns:
+        ``targets`` in the model's own names (a role such as ``query`` mapped, as for ``model.target_modules``).
+    """
     from .config import parse_layer_range
-    from .model import LAYER_PATTERN, build_base_model, load_model_config
+    from .model import build_base_model, load_model_config
 
     name = model_cfg.name_or_path
     if layers is not None:
@@ -255,17 +264,13 @@ def _check_search(model_cfg: ModelConfig, num_labels: int, targets: Optional[lis
             raise ConfigError(f"--layers {layers}: {name} has {num_layers} layers, numbered 0-{num_layers - 1}; "
                               f"give a range within them, e.g. {num_layers // 2}-{num_layers - 1}")
     if not targets:
-        return
+        return targets
     base, _ = build_base_model(replace(model_cfg, head="standard"), None, pretrained=False, num_labels=num_labels)
-    linears = [n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)]
-    unknown = [t for t in targets if not any(
-        check_target_module_exists(lora_config(replace(model_cfg, target_modules=[t], layers=None), []), n)
-        for n in linears)]
-    if unknown:
-        in_layer = [n[LAYER_PATTERN.search(n).end():] for n in linears if layer_index(n) == 0]
-        raise ConfigError(f"--targets {','.join(targets)}: {name} has no Linear module named "
-                          f"{', '.join(repr(t) for t in unknown)}; its encoder layers' Linear modules are "
-                          f"{', '.join(in_layer)} (a suffix such as {in_layer[0].rsplit('.', 1)[-1]} is enough)")
+    resolved = resolve_targets(base, targets, f"--targets {','.join(targets)}", name)
+    if resolved != list(targets):
+        print(f"note: --targets {','.join(targets)} is {','.join(resolved)} in {name}'s module names",
+              file=sys.stderr)
+    return resolved
 
 
 def _yaml(config: RunConfig, chosen: Candidate, budget: int, whole: bool) -> str:
