@@ -151,7 +151,9 @@ TEXTLORA_ARM_OVERRIDES = {"textlora-fp32": ("train.mixed_precision=no",), "textl
                           "textlora-nocache": ("train.prefix_cache=off",),
                           "textlora-random-batches": ("train.length_pool_batches=1",),
                           "textlora-torch-dropout": ("train.fast_cpu_dropout=false",),
-                          "textlora-compile": ("train.compile=true",)}
+                          "textlora-compile": ("train.compile=true",),
+                          "textlora-base-fp32": ("model.base_dtype=fp32",),
+                          "textlora-base-bf16": ("model.base_dtype=bf16",)}
 
 
 def textlora_overrides(setup: TrainSetup, train_csv: Path, val_csv: Path, output_dir: Path, run_name: str,

@@ -20,6 +20,8 @@ gradient clipping and seed:
   isolate what its CPU dropout masks give;
 - ``textlora-compile``: textlora with ``train.compile=true`` (``torch.compile``, inductor); its first
   steps compile, so give it enough ``--steps`` beyond ``--skip-steps`` on a GPU;
+- ``textlora-base-fp32`` / ``textlora-base-bf16``: textlora with the frozen base stored in fp32 / bf16
+  (``model.base_dtype``), everything else as ``auto`` picks it;
 - ``textlora-cache`` / ``textlora-nocache``: textlora with the frozen-prefix cache forced on / off
   (``stacks.TEXTLORA_ARM_OVERRIDES``), for the top-layer layout (plain ``textlora`` keeps its default).
 
@@ -53,7 +55,7 @@ from benchmarks import stacks
 
 AGNEWS_TRAIN_ROWS = 120_000  # the full AG News train split, for the GPU epoch-time projection
 ARMS = ("notebook", "best-practice", "textlora", "textlora-fp32", "textlora-torch-dropout", "textlora-cache",
-        "textlora-nocache", "textlora-compile")
+        "textlora-nocache", "textlora-compile", "textlora-base-fp32", "textlora-base-bf16")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -158,7 +160,8 @@ def _textlora_arm(arm: str, setup: stacks.TrainSetup, workdir: Path, meter: bc.S
     finally:
         tl_train.build_model = build_model
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"precision": f"{summary['precision']}: textlora's train.mixed_precision={config.train.mixed_precision}",
+    return {"precision": f"{summary['precision']}: textlora's train.mixed_precision={config.train.mixed_precision}, "
+                         f"base {summary.get('base_dtype', 'fp32')}",
             "losses": stacks.textlora_losses(run_dir), "textlora_own_samples_per_s": summary.get("train_samples_per_s"),
             "prefix_cache": summary.get("prefix_cache"), "run_dir": str(run_dir)}
 
@@ -221,7 +224,8 @@ def report(args, setup: stacks.TrainSetup, results: list[dict], meta: dict) -> s
              ("textlora", "textlora-fp32", None),
              ("textlora", "textlora-torch-dropout", None),
              ("textlora-compile", "textlora", None),
-             ("textlora-cache", "textlora-nocache", "2.5x, top-layer LoRA"))
+             ("textlora-cache", "textlora-nocache", "2.5x, top-layer LoRA"),
+             ("textlora-base-bf16", "textlora-base-fp32", "2x at base size on CPUs with native bf16"))
     for suffix in ("", *(f"+{name}" for name in bc.ALLOCATORS)):  # both arms on the same allocator
         for a, b, target in pairs:
             add_ratio(a + suffix, b + suffix, target)

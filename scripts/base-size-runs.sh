@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Trains the base-size runs behind the README's results table, one after another, on all-mpnet-base-v2:
+#   configs/agnews-mpnet-r4-qkv.yaml (S1's recipe), configs/agnews-mpnet-best.yaml,
+#   configs/agnews-mpnet-r8-qv-top4.yaml (S2's recipe).
+# On a CPU each takes hours. Run it again after an interruption: a finished run (summary.json) is kept, an
+# unfinished one continues from its newest checkpoint (`textlora train --resume`), a missing one starts.
+#
+#   bash scripts/base-size-runs.sh [CONFIG ...] > runs/base-size.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/textlora ] && . .venv/bin/activate
+bash scripts/get-base-model.sh
+CONFIGS=("$@")
+[ ${#CONFIGS[@]} -gt 0 ] || CONFIGS=(configs/agnews-mpnet-r4-qkv.yaml configs/agnews-mpnet-best.yaml
+                                      configs/agnews-mpnet-r8-qv-top4.yaml)
+for config in "${CONFIGS[@]}"; do
+    run="runs/$(basename "$config" .yaml)"
+    if [ -f "$run/summary.json" ]; then
+        echo "base-size-runs: $run is finished"
+    elif [ -f "$run/config.yaml" ]; then
+        echo "base-size-runs: continuing $run ($(date -u +%FT%TZ))"
+        textlora train --resume "$run"
+    else
+        echo "base-size-runs: starting $run ($(date -u +%FT%TZ))"
+        textlora train --config "$config" train.quiet=true
+    fi
+done
