@@ -189,3 +189,11 @@ def test_plan_lists_no_row_twice_when_both_heads_count_the_same(tiny_model_dir, 
     rows = _shortlist_rows(capsys.readouterr().out)
     numbers = [tuple(row[2:]) for row in rows]  # r, LoRA on, layers, counts
     assert rows and len(numbers) == len(set(numbers)) and {row[1] for row in rows} == {"standard"}
+
+
+def test_plan_output_never_replaces_its_config(tiny_model_dir, tmp_path, capsys):
+    config = write_tiny_config(tmp_path / "base.yaml", tiny_model_dir, tmp_path / "runs")
+    before = config.read_text()
+    assert main(["plan", "--budget", "100000", "--config", str(config), "--output", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {config} is the input {config}" in err and config.read_text() == before

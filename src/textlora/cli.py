@@ -159,9 +159,12 @@ def cmd_compare(args) -> None:
 
 
 def cmd_plan(args) -> None:
+    from .checkpoint import check_output_file
     from .config import load_config
     from .plan import RANKS, plan
 
+    if args.output:  # the planned YAML must not replace the --config it completes
+        check_output_file(Path(args.output), "planned.yaml", inputs=[args.config] if args.config else [])
     base = load_config(Path(args.config), tuple(args.overrides)) if args.config else None
     if args.overrides and not args.config:
         raise TextloraError("key=value overrides need --config (they change the base config the plan completes)")
