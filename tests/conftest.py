@@ -29,11 +29,18 @@ SHARED = REPO.parent / "shared"
 torch.set_num_threads(2)
 
 
+def skip_or_fail(reason: str) -> None:
+    """Skip with the reason on a developer's machine; under ``CI=true`` a missing requirement is a failure."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def shared_path(*parts: str) -> Path:
-    """A path in ../shared, or a skip with the reason when ../shared is not beside the repo."""
+    """A path in ../shared, or a skip with the reason when ../shared is not beside the repo (a failure under CI=true)."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} not found: integration tests need ../shared (real AG News data and models)")
+        skip_or_fail(f"{path} not found: integration tests need ../shared (real AG News data and models)")
     return path
 
 

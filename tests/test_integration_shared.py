@@ -1,4 +1,4 @@
-"""Integration tests on the real models and AG News rows in ../shared (skipped when it is absent)."""
+"""Integration tests on the real models and AG News rows in ../shared (skipped when it is absent; a failure under CI=true)."""
 
 import json
 
@@ -106,3 +106,11 @@ def test_pooler_weights_are_saved_with_the_adapter(tmp_path):
     assert any("pooler" in name for name in weights)
     budget = json.loads((tmp_path / "runs" / "real" / "budget.json").read_text())
     assert budget["fresh_modules"] == ["bert.pooler.dense"]
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("", pytest.skip.Exception),
+                                         ("false", pytest.skip.Exception)])
+def test_missing_shared_is_a_skip_for_a_developer_and_a_failure_under_ci(monkeypatch, ci, outcome):
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="no-such-folder-in-shared not found: integration tests need ../shared"):
+        shared_path("no-such-folder-in-shared")
