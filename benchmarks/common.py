@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -397,15 +398,53 @@ def section_head(title: str) -> list[str]:
             f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {machine()}.", ""]
 
 
-BENCHMARKS_HEADER = ("# Benchmarks\n\nEvery section below is written by the script it names, together with the exact "
-                     "command that produced it; run the command again to refresh the section.\n")
+BENCHMARKS_HEADER = ("# Benchmarks\n\nCurrent results only: each section is the latest run of the command it names "
+                     "(run it again to replace the section); raw outputs are in benchmarks/results/, earlier runs "
+                     "in git's history.\n")
+
+# Paths that say where a run happened on one machine (a scratch folder, a home, a system library), not what ran.
+_MACHINE_PATH = re.compile(r"(?<![\w.~-])/(?:tmp|home|root|work|usr|var|opt|mnt|srv|scratch|Users|private)/"
+                           r"(?:[\w.+@-]+/)*([\w.+@-]+)")
+
+
+def without_machine_paths(text: str) -> str:
+    """``text`` with paths made portable: in the repository -> relative, beside it -> ``../``, others -> their name."""
+    text = text.replace(f"{REPO}/", "").replace(f"{REPO.parent}/", "../")
+    return _MACHINE_PATH.sub(r"\1", text)
+
+
+def _unique_heading(text: str, key: str, body: str) -> str:
+    """``body`` with its ``## title`` suffixed by `` (key)`` when another section of ``text`` has that title."""
+    title, _, rest = body.partition("\n")
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    if start in text and end in text:
+        text = text.split(start, 1)[0] + text.split(start, 1)[1].split(end, 1)[1]
+    if title.startswith("## ") and title in text.splitlines():
+        return f"{title} ({key})\n{rest}"
+    return body
 
 
 def publish_section(out: str, key: str, body: str) -> None:
-    """Print a section, and write it into ``out`` (a markdown file) unless ``out`` is ``none``."""
+    """Print a section; unless ``out`` is ``none``, keep its raw text and make it the section ``key`` of ``out``.
+
+    The raw text goes to ``benchmarks/results/<key>-<YYYY-MM-DD>.md`` beside ``out`` (a second run the same day
+    replaces it). The section ``key`` of ``out`` (a markdown page of current results) is replaced, never
+    appended twice: the same text without machine paths, a heading no other section has, and a link to the raw
+    file. Earlier runs stay in git's history, not on the page.
+    """
+    from textlora.checkpoint import atomic_write_text
+
     print("\n" + body)
-    if out != "none":
-        write_section(Path(out), key, body)
+    if out == "none":
+        return
+    path = Path(out)
+    raw = path.parent / "benchmarks" / "results" / f"{key}-{time.strftime('%Y-%m-%d')}.md"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(raw, body.strip() + "\n")
+    print(f"[bench] wrote {raw}")
+    link = raw.relative_to(path.parent).as_posix()
+    public = f"{without_machine_paths(body.strip())}\n\nRaw output: [{link}]({link})."
+    write_section(path, key, _unique_heading(path.read_text() if path.is_file() else "", key, public))
 
 
 def write_section(path: Path, key: str, body: str) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (REPO, command_line, default_test_data, load_agnews, machine,  # noqa: E402
-                               markdown_table, write_section)
+                               markdown_table, publish_section)
 
 
 def main() -> None:
@@ -100,7 +100,7 @@ def main() -> None:
             f"runtimes taking turns.\n\n{table}\n\nMachine: {machine()}; load average "
             f"before/after: {load_before} / {load_after} (other processes share this machine).\n\n"
             f"Command: `{command_line()}`\n")
-    write_section(args.output, "onnx-speed", body)
+    publish_section(str(args.output), "onnx-speed", body)
 
 
 if __name__ == "__main__":

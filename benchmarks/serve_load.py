@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (OFFLINE_ENV, REPO, command_line, default_test_data, load_agnews,  # noqa: E402
-                               machine, markdown_table, write_section)
+                               machine, markdown_table, publish_section)
 
 ARMS = {"batched": ["--max-batch", "32", "--max-wait-ms", "5"], "unbatched": ["--max-batch", "1", "--max-wait-ms", "0"],
         "onnx": ["--onnx", "--max-batch", "32", "--max-wait-ms", "5"]}
@@ -182,7 +182,7 @@ def main() -> None:
             f"`unbatched` (one model call per request) is the reference measured in the same run.\n\n{table}\n\n"
             f"Model: `{args.model}`{source}. Machine: {machine()}; load average before/after: {load_before} / "
             f"{load_after} (other processes share this machine).\n\nCommand: `{command_line()}`\n")
-    write_section(args.output, "serve-load", body)
+    publish_section(str(args.output), "serve-load", body)
 
 
 if __name__ == "__main__":

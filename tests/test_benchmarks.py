@@ -305,3 +305,28 @@ def test_alternate_windows_runs_every_arm_on_the_same_batches_and_takes_turns_go
     assert order == ["a", "b", "b", "a", "a", "b"]  # round 0 (warm-up), then reversed every other round
     assert seen["a"] == seen["b"] == [0, 1, 2, 3, 4, 0]
     assert set(rates) == {"a", "b"} and all(rate > 0 for rate in rates.values())
+
+
+def test_publish_section_keeps_the_raw_output_dated_and_replaces_its_section_without_machine_paths(tmp_path,
+                                                                                                   monkeypatch):
+    import time
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "2026-12-24" if fmt == "%Y-%m-%d" else "x")
+    out = tmp_path / "BENCH.md"
+    body = ("## Training speed: cpu\n\nCommand: `python benchmarks/train_speed.py --workdir /tmp/bench-all3`\n\n"
+            f"Rows from {bc.REPO.parent}/shared/data/train.csv, allocator /usr/lib/x86_64-linux-gnu/libtc.so.4, "
+            f"config {bc.REPO}/configs/quickstart.yaml; 12 samples/s.")
+    bc.publish_section(str(out), "speed-a", body)
+    bc.publish_section(str(out), "speed-b", body)  # same title, another section: its heading gets the key
+    bc.publish_section(str(out), "speed-a", body.replace("12 samples/s", "13 samples/s"))  # a re-run replaces
+    raw = tmp_path / "benchmarks" / "results" / "speed-a-2026-12-24.md"
+    assert raw.read_text() == body.replace("12 samples/s", "13 samples/s") + "\n"  # raw: as the script wrote it
+    page = out.read_text()
+    assert page.count("<!-- speed-a:start -->") == 1 and "13 samples/s" in page and "12 samples/s" in page
+    assert page.count("## Training speed: cpu\n") == 1 and "## Training speed: cpu (speed-b)\n" in page
+    assert "/tmp/" not in page and str(bc.REPO) not in page and "/usr/" not in page
+    assert "--workdir bench-all3" in page and "../shared/data/train.csv" in page and "libtc.so.4" in page
+    assert "configs/quickstart.yaml" in page
+    assert "Raw output: [benchmarks/results/speed-a-2026-12-24.md](benchmarks/results/speed-a-2026-12-24.md)" in page
+    bc.publish_section("none", "speed-c", body)
+    assert not (tmp_path / "benchmarks" / "results" / "speed-c-2026-12-24.md").exists()

@@ -1,13 +1,16 @@
 """The configuration reference as a Markdown table, read from the dataclasses' field docstrings.
 
-The README embeds this table and a test checks it is current, so the docs cannot go stale.
+docs/configuration.md embeds this table and a test checks it is current, so the docs cannot go stale:
+``python -m textlora.config_doc`` prints it, ``python -m textlora.config_doc --write`` rewrites it there.
 """
 
 from __future__ import annotations
 
 import ast
 import inspect
+import re
 from dataclasses import MISSING, fields, is_dataclass
+from pathlib import Path
 
 from . import config as config_module
 from .config import RunConfig
@@ -61,5 +64,23 @@ def reference_markdown() -> str:
     return "\n".join(lines)
 
 
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"  # in a source checkout
+MARKERS = re.compile(r"(<!-- config-reference:start[^>]*-->\n)(.*?)(\n<!-- config-reference:end -->)", re.S)
+
+
+def write_reference(path: Path = DOC) -> None:
+    """Replace the table between the config-reference markers of ``path`` with :func:`reference_markdown`."""
+    text = path.read_text()
+    if not MARKERS.search(text):
+        raise SystemExit(f"error: {path} has no config-reference markers")
+    path.write_text(MARKERS.sub(lambda m: m.group(1) + reference_markdown() + m.group(3), text, count=1))
+    print(f"wrote the configuration reference in {path}")
+
+
 if __name__ == "__main__":
-    print(reference_markdown())
+    import sys
+
+    if sys.argv[1:] == ["--write"]:
+        write_reference()
+    else:
+        print(reference_markdown())
