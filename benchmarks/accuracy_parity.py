@@ -11,7 +11,7 @@ full AG News test split:
 - ``notebook``: Trainer + ``get_peft_model`` with ``padding=True`` in ``datasets.map``, then a
   batch-8 prediction loop on the unmerged model (each batch padded on its own: the same labels as
   the notebooks' chunk-padded loop, faster);
-- ``textlora``: ``textlora.train.train`` with the test split as ``data.test`` (its own evaluation);
+- ``textlora``: ``textlora.training.recipe.train`` with the test split as ``data.test`` (its own evaluation);
 - ``textlora-fp32``: the same in fp32 (``textlora`` uses bf16 autocast on CPUs with AMX), for the accuracy
   effect of bf16;
 - ``textlora-random-batches``: the same with ``train.length_pool_batches=1`` (batches of random rows, as the
@@ -103,7 +103,7 @@ def run_arm(arm: str, setup: stacks.TrainSetup, workdir: Path) -> dict:
         losses, precision = stacks.trainer_losses(trainer), "fp32"  # the Trainer's default: the notebooks set none
     else:
         from textlora.config import load_config
-        from textlora.train import train
+        from textlora.training.recipe import train
 
         overrides = stacks.textlora_overrides(setup, workdir / "train.csv", workdir / "val.csv", workdir / "runs",
                                           f"parity-{setup.seed}-{int(time.time())}", test_csv=workdir / "test.csv",

@@ -49,7 +49,7 @@ def main() -> None:
 
     import torch
 
-    from textlora import cpu_dropout
+    from textlora.speed import cpu_dropout
 
     factors = {"uint8 (textlora now)": cpu_dropout._as_factor, "bool (before)": lambda keep: keep}
     _, step, batches, note = training_steps(args.model, args.rows)

@@ -77,8 +77,8 @@ def load_agnews(path: Path, count: Optional[int] = None, seed: int = 0, skip: in
     With ``count``: a seeded sample without replacement, rows ``skip .. skip+count`` of one
     permutation, so two calls with different ``skip`` give disjoint rows.
     """
-    from textlora.data import extract_texts
-    from textlora.readers import read_table
+    from textlora.data.prepare import extract_texts
+    from textlora.data.readers import read_table
 
     frame = read_table(str(path), AGNEWS_COLUMNS)
     texts = extract_texts(frame, ["title", "description"], str(path), clean_backslashes=True)
@@ -116,7 +116,7 @@ def materialize_model(name_or_path: str, workdir: Path, seed: int = 0) -> str:
     A folder with only a config (``roberta-base-config``) gets random weights of that exact
     shape, saved once under ``workdir``: speed does not depend on the weight values.
     """
-    from textlora.model import resolve_model_location
+    from textlora.model.build import resolve_model_location
 
     folder = Path(resolve_model_location(name_or_path))
     if any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")):
@@ -295,7 +295,7 @@ def split_allocator(arm: str) -> tuple[str, Optional[str]]:
 
 def check_arms(arms: Sequence[str], known: Sequence[str]) -> list[str]:
     """The arms that are not ``known`` base arms with an optional ``+tcmalloc``/``+jemalloc`` (or that lack it)."""
-    from textlora.allocator import find_library
+    from textlora.speed.allocator import find_library
 
     bad = []
     for arm in arms:
@@ -309,7 +309,7 @@ def check_arms(arms: Sequence[str], known: Sequence[str]) -> list[str]:
 
 def allocator_env(arm: str) -> dict:
     """Environment for an arm's process: its allocator preloaded, or none (glibc) even if this process has one."""
-    from textlora.allocator import find_library, preload_env
+    from textlora.speed.allocator import find_library, preload_env
 
     allocator = split_allocator(arm)[1]
     if allocator is None:
@@ -319,7 +319,7 @@ def allocator_env(arm: str) -> dict:
 
 def check_allocator(arm: str) -> str:
     """In an arm's process: the allocator it runs on (``glibc`` or the suffix's), or exit if that did not load."""
-    from textlora.allocator import loaded
+    from textlora.speed.allocator import loaded
 
     wanted, running = split_allocator(arm)[1], loaded()
     if wanted != running:
@@ -358,7 +358,7 @@ def machine() -> str:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    from textlora.precision import cpu_has_amx
+    from textlora.model.precision import cpu_has_amx
 
     # AMX decides whether bf16 pays on a CPU (and so what auto precision picks): name it.
     cpu += " with AMX" if cpu_has_amx() else " without AMX"
@@ -432,7 +432,7 @@ def publish_section(out: str, key: str, body: str) -> None:
     appended twice: the same text without machine paths, a heading no other section has, and a link to the raw
     file. Earlier runs stay in git's history, not on the page.
     """
-    from textlora.checkpoint import atomic_write_text
+    from textlora.run.files import atomic_write_text
 
     print("\n" + body)
     if out == "none":
@@ -449,7 +449,7 @@ def publish_section(out: str, key: str, body: str) -> None:
 
 def write_section(path: Path, key: str, body: str) -> None:
     """Replace (or append) the section between ``<!-- KEY:start -->`` and ``<!-- KEY:end -->``, atomically."""
-    from textlora.checkpoint import atomic_write_text
+    from textlora.run.files import atomic_write_text
 
     start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
     block = f"{start}\n{body.strip()}\n{end}\n"

@@ -37,7 +37,7 @@ MODES = {"SDPA (math path, torch's attention dropout)": "sdpa", "textlora's atte
 
 def _use(config, mode: str) -> None:
     """Switch the model's attention to ``mode`` (a key of MODES); None there is textlora's function."""
-    from textlora.cpu_dropout import ATTENTION
+    from textlora.speed.cpu_dropout import ATTENTION
 
     config._attn_implementation = MODES[mode] or ATTENTION
 
@@ -52,11 +52,11 @@ def training_steps(model_dir: str, rows: int):
     import torch
     from transformers import AutoTokenizer
 
-    from textlora import cpu_dropout
+    from textlora.speed import cpu_dropout
     from textlora.config import ModelConfig
-    from textlora.labels import LabelMap
-    from textlora.model import build_model
-    from textlora.precision import autocast_factory, precision_name, resolve_precision
+    from textlora.data.labels import LabelMap
+    from textlora.model.build import build_model
+    from textlora.model.precision import autocast_factory, precision_name, resolve_precision
 
     torch.manual_seed(0)
     cfg = ModelConfig(name_or_path=model_dir, max_length=128, lora_r=8, lora_alpha=16, target_modules=("query", "value"))
@@ -106,7 +106,7 @@ def alternate_windows(step, batches, arms: dict, window: int, rounds: int) -> di
 
 
 def _alternate(args) -> dict:
-    from textlora.prefix_cache import stock_classifier
+    from textlora.model.parts import stock_classifier
 
     model, step, batches, note = training_steps(args.model, args.rows)
     config = stock_classifier(model).config
@@ -117,7 +117,7 @@ def _alternate(args) -> dict:
 def _drift(args) -> dict:
     import ctypes
 
-    from textlora.prefix_cache import stock_classifier
+    from textlora.model.parts import stock_classifier
 
     model, step, batches, note = training_steps(args.model, args.rows)
     _use(stock_classifier(model).config, args.attention)

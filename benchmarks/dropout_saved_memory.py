@@ -28,7 +28,7 @@ def _float_mask_dropout():
     """The dropout as it was: the scaled mask in the input's dtype is what backward keeps."""
     import torch
 
-    from textlora import cpu_dropout
+    from textlora.speed import cpu_dropout
 
     class FloatMaskDropout(torch.autograd.Function):
         @staticmethod
@@ -64,11 +64,11 @@ def _measure(model_dir: str, rows: bc.Rows) -> tuple[dict, str, int]:
     import torch
     from transformers import AutoTokenizer
 
-    from textlora import cpu_dropout
+    from textlora.speed import cpu_dropout
     from textlora.config import ModelConfig
-    from textlora.labels import LabelMap
-    from textlora.model import build_model
-    from textlora.precision import autocast_factory, precision_name, resolve_precision
+    from textlora.data.labels import LabelMap
+    from textlora.model.build import build_model
+    from textlora.model.precision import autocast_factory, precision_name, resolve_precision
 
     torch.manual_seed(0)
     cfg = ModelConfig(name_or_path=model_dir, max_length=128, lora_r=8, lora_alpha=16,

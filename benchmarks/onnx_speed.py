@@ -40,7 +40,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from textlora.batching import make_loader, tokenize
+    from textlora.data.batching import make_loader, tokenize
 
     if not (args.model / "model.onnx").is_file():
         raise SystemExit(f"{args.model}/model.onnx not found: export with `textlora export RUN --out DIR --onnx`")

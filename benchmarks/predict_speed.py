@@ -11,7 +11,7 @@ folder and a CSV to a predictions CSV (imports excluded, model loading included)
   ``padding=True`` inside ``datasets.map(batched=True)`` (each 1,000-row chunk padded to its longest
   text), ``DataLoader`` of 8 with ``DataCollatorWithPadding``, forward under ``torch.no_grad``, argmax;
 - ``notebook-dynamic``: the same loop made more generous: each batch of 8 tokenized and padded on its own;
-- ``textlora``: ``textlora.predict.predict`` (what ``textlora predict`` runs), in the run's precision
+- ``textlora``: ``textlora.commands.predict.predict`` (what ``textlora predict`` runs), in the run's precision
   (bf16 on a CPU with AMX for a run trained with ``auto``);
 - ``textlora-fp32``: the same with ``precision="fp32"``, to isolate what bf16 gives.
 
@@ -76,7 +76,7 @@ def notebook_arm(run_dir: Path, rows_csv: Path, output: Path, batch_size: int, d
     from transformers.utils import logging as hf_logging
 
     from textlora.config import config_from_yaml_file
-    from textlora.model import resolve_model_location
+    from textlora.model.build import resolve_model_location
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -101,9 +101,9 @@ def notebook_arm(run_dir: Path, rows_csv: Path, output: Path, batch_size: int, d
 
 
 def textlora_arm(run_dir: Path, rows_csv: Path, output: Path, batch_size, device: str, precision: str = "run") -> dict:
-    """``textlora.predict.predict`` on the CSV (its public entry point, what the CLI calls)."""
+    """``textlora.commands.predict.predict`` on the CSV (its public entry point, what the CLI calls)."""
     from textlora.config import DataSource
-    from textlora.predict import predict
+    from textlora.commands.predict import predict
 
     started = time.perf_counter()
     source = DataSource(path=str(rows_csv), column_names=None, text_columns=["text"], label_column="label")
@@ -176,7 +176,7 @@ def tiny_run(workdir: Path, data: Path) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from textlora.config import load_config
-    from textlora.train import train
+    from textlora.training.recipe import train
 
     model_dir = workdir / "tiny-bert"
     tokenizer = AutoTokenizer.from_pretrained(bc.materialize_model(bc.default_model("cpu"), workdir))
@@ -212,7 +212,7 @@ def count_lines(path: Path) -> int:
 
 def _cli_allocator() -> str:
     """The allocator ``textlora`` runs on from this environment (it re-executes itself on tcmalloc/jemalloc)."""
-    from textlora import allocator
+    from textlora.speed import allocator
 
     library = allocator.resolve(os.environ.get(allocator.ENV, "auto"))
     return f"{library} ({allocator.ENV}={os.environ.get(allocator.ENV, 'auto')})" if library else "glibc malloc"

@@ -96,7 +96,7 @@ def tokenized_dataset(tokenizer, rows: Rows, notebook: bool, max_length: int, mo
 
 def cpu_bf16_beneficial() -> tuple[bool, str]:
     """bf16 autocast pays on CPUs with AMX; with AVX-512 only it is slower than fp32 (textlora's measurement)."""
-    from textlora.precision import cpu_has_amx
+    from textlora.model.precision import cpu_has_amx
 
     if cpu_has_amx():
         return True, "bf16: the CPU has AMX bf16 tiles"

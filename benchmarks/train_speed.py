@@ -13,7 +13,7 @@ gradient clipping and seed:
   ``datasets.map(batched=True)``, ``DataCollatorWithPadding``, the device's default precision;
 - ``best-practice``: the same without padding in ``map``, length-grouped sampling, dynamic padding,
   bf16 where it is supported and pays (CUDA; CPUs with AMX);
-- ``textlora``: ``textlora.train.train`` through its config overrides;
+- ``textlora``: ``textlora.training.recipe.train`` through its config overrides;
 - ``textlora-fp32``: textlora in fp32, to isolate what ``train.mixed_precision: auto`` gives (bf16 on
   CPUs with AMX and on GPUs);
 - ``textlora-torch-dropout``: textlora with torch's own dropout (``train.fast_cpu_dropout=false``), to
@@ -139,7 +139,7 @@ def _trainer_arm(arm: str, setup: stacks.TrainSetup, workdir: Path, meter: bc.St
 
 
 def _textlora_arm(arm: str, setup: stacks.TrainSetup, workdir: Path, meter: bc.StepMeter, overrides: tuple) -> dict:
-    import textlora.train as tl_train
+    import textlora.training.recipe as tl_train
     from textlora.config import load_config
 
     config = load_config(None, tuple(stacks.textlora_overrides(setup, workdir / "train.csv", workdir / "val.csv",

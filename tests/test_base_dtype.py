@@ -9,13 +9,13 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForSequenceClassification
 
-from textlora import precision as prec
+from textlora.model import precision as prec
 from textlora.cli import main
 from textlora.config import ModelConfig
 from textlora.errors import ConfigError
-from textlora.inference import load_run
-from textlora.labels import LabelMap
-from textlora.model import build_model
+from textlora.run.load import load_run
+from textlora.data.labels import LabelMap
+from textlora.model.build import build_model
 
 from .conftest import write_tiny_config
 

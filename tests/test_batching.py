@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from textlora.batching import LengthGroupedBatches, PadCollator, TokenDataset, make_loader, tokenize
+from textlora.data.batching import LengthGroupedBatches, PadCollator, TokenDataset, make_loader, tokenize
 
 LENGTHS = np.random.default_rng(0).integers(5, 200, size=1000)
 

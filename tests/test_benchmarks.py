@@ -129,7 +129,7 @@ def test_an_arm_that_is_not_on_its_allocator_stops(speed_setup):
 
 @pytest.mark.skipif(bc.check_arms(["x+tcmalloc"], ["x"]) != [], reason="tcmalloc is not installed")
 def test_allocator_env_starts_an_arm_on_its_allocator_and_a_plain_arm_on_glibc(tmp_path, monkeypatch):
-    from textlora.allocator import find_library
+    from textlora.speed.allocator import find_library
 
     monkeypatch.setenv("LD_PRELOAD", find_library("tcmalloc"))  # a plain arm drops the benchmark's own preload
     probe = ("import sys; from benchmarks.common import check_allocator; "
@@ -159,7 +159,7 @@ def tiny_run(tmp_path, tiny_model_dir):
     bc.write_rows(bc.load_agnews(AGNEWS_SMALL, 16, 0, skip=48), tmp_path / "val.csv")
     setup = stacks.TrainSetup(model_dir=str(tiny_model_dir), lora_r=4, lora_alpha=8, batch_size=16, steps=2, log_every=1)
     from textlora.config import load_config
-    from textlora.train import train
+    from textlora.training.recipe import train
 
     overrides = stacks.textlora_overrides(setup, rows, tmp_path / "val.csv", tmp_path / "runs", "r")
     config = load_config(None, tuple(overrides))
@@ -268,7 +268,7 @@ def test_cpu_step_loop_times_both_attentions_and_reads_memory_every_50_steps(tin
 
 
 def test_attention_mask_factor_times_both_masks_and_restores_textloras(tiny_model_dir, tmp_path, monkeypatch):
-    from textlora import cpu_dropout
+    from textlora.speed import cpu_dropout
 
     now = cpu_dropout._as_factor
     out = tmp_path / "BENCH.md"
@@ -281,7 +281,7 @@ def test_attention_mask_factor_times_both_masks_and_restores_textloras(tiny_mode
 
 
 def test_dropout_saved_memory_counts_less_for_the_byte_mask_and_restores_textloras(tiny_model_dir):
-    from textlora import cpu_dropout
+    from textlora.speed import cpu_dropout
 
     now = cpu_dropout._Dropout
     rows = bc.load_agnews(AGNEWS_SMALL, count=dropout_saved_memory.BATCH, seed=0)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from textlora import checkpoint as ckpt
+from textlora.training import checkpoint as ckpt
 from textlora.config import OptimConfig
-from textlora.optim import build_optimizer, build_scheduler
+from textlora.training.optim import build_optimizer, build_scheduler
 
 
 def _setup(seed: int = 0):

@@ -7,7 +7,7 @@ import pytest
 from safetensors.torch import load_file
 
 from textlora.cli import main
-from textlora.train import CPU_COMPILE_NOTE
+from textlora.training.recipe import CPU_COMPILE_NOTE
 
 from .conftest import write_tiny_config
 

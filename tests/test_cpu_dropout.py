@@ -9,9 +9,9 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from textlora import cpu_dropout
-from textlora.cpu_dropout import ATTENTION, CPUDropout, attention, fast_dropout
-from textlora.first_token import restrict_last_layer
+from textlora.speed import cpu_dropout
+from textlora.speed.cpu_dropout import ATTENTION, CPUDropout, attention, fast_dropout
+from textlora.speed.first_token import restrict_last_layer
 
 from .test_first_token import SHAPE, _batch, assert_same_loss_and_gradients
 

@@ -17,9 +17,9 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from textlora import checkpoint as ckpt
+from textlora.training import checkpoint as ckpt
 from textlora.cli import main
-from textlora.interrupts import DeferredInterrupt
+from textlora.training.interrupts import DeferredInterrupt
 
 from .conftest import AGNEWS_SMALL, REPO
 
@@ -150,7 +150,7 @@ def test_disabled_for_several_processes_installs_nothing():
 
 
 def test_resume_drops_log_lines_after_the_checkpoint_and_a_line_cut_off_by_a_kill(tmp_path):
-    from textlora.runfolder import MetricsLog
+    from textlora.run.folder import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"kind": "train", "step": s, "loss": 1.0}) for s in (3, 6, 9, 12)]

@@ -13,15 +13,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from textlora.batching import make_loader
+from textlora.data.batching import make_loader
 from textlora.cli import main
 from textlora.config import ModelConfig
-from textlora.first_token import restrict_last_layer
-from textlora.heads import apply_head
-from textlora.inference import predict_proba
-from textlora.model import build_model
-from textlora.prefix_cache import PrefixCache, encoder_parts
-from textlora.train import CPU_COMPILE_NOTE
+from textlora.speed.first_token import restrict_last_layer
+from textlora.model.heads import apply_head
+from textlora.model.forward import predict_proba
+from textlora.model.build import build_model
+from textlora.speed.prefix_cache import PrefixCache
+from textlora.model.parts import encoder_parts
+from textlora.training.recipe import CPU_COMPILE_NOTE
 
 from .conftest import AGNEWS_SMALL, write_tiny_config
 from .test_first_token import _classifier, assert_same_loss_and_gradients

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from textlora.config import DataConfig, DataSource
-from textlora.data import TrainingData, extract_texts, load_inference_data, prepare_training_data, word_counts
+from textlora.data.prepare import TrainingData, extract_texts, load_inference_data, prepare_training_data, word_counts
 from textlora.errors import DataError
-from textlora.labels import build_label_map
-from textlora.readers import read_table
+from textlora.data.labels import build_label_map
+from textlora.data.readers import read_table
 
 from .conftest import AGNEWS_SMALL, shared_path
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from textlora.batching import LengthGroupedBatches
+from textlora.data.batching import LengthGroupedBatches
 from textlora.cli import main
-from textlora.distributed import ShardedBatches
+from textlora.training.distributed import ShardedBatches
 
 from .conftest import AGNEWS_SMALL, REPO
 

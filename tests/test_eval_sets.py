@@ -11,7 +11,7 @@ import pytest
 from textlora.cli import main
 from textlora.config import load_config
 from textlora.errors import ConfigError
-from textlora.trackers import tracker_values
+from textlora.training.trackers import tracker_values
 
 from .conftest import AGNEWS_SMALL, write_tiny_config
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from textlora.cli import main
-from textlora.inference import load_run
+from textlora.run.load import load_run
 
 TEXTS = ["Stocks fell on Wall Street as oil prices rose", "The team won the cup after extra time",
          "NASA launches a new probe to Mars", "Leaders meet to discuss the peace plan in the region",
@@ -150,7 +150,7 @@ def test_export_force_replaces_only_an_earlier_export(tiny_run, tmp_path, capsys
 
 
 def test_the_documented_pipeline_call_truncates_as_textlora_classify_does(tiny_run, exported, capsys):
-    from textlora.predict import classify
+    from textlora.commands.predict import classify
 
     # Far beyond the run's 48 tokens and the model's 128 positions: a pipeline that did not truncate would fail.
     long_text = ("Stocks fell on Wall Street as oil prices rose while the team won the cup. " * 300)[:20_000]

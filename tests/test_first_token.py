@@ -10,11 +10,13 @@ from transformers import (BertConfig, BertForSequenceClassification, DistilBertC
                           RobertaConfig, RobertaForSequenceClassification)
 
 from textlora.config import ModelConfig
-from textlora.first_token import first_token_note, is_restricted, restrict_last_layer, why_not
-from textlora.heads import apply_head
-from textlora.inference import load_run, predict_proba
-from textlora.model import build_model
-from textlora.prefix_cache import PrefixCache, encoder_parts, prefix_start
+from textlora.speed.first_token import first_token_note, is_restricted, restrict_last_layer, why_not
+from textlora.model.heads import apply_head
+from textlora.run.load import load_run
+from textlora.model.forward import predict_proba
+from textlora.model.build import build_model
+from textlora.speed.prefix_cache import PrefixCache, prefix_start
+from textlora.model.parts import encoder_parts
 from .test_prefix_cache import LABELS, _random_tokens, _save_encoder
 
 SHAPE = dict(vocab_size=200, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,

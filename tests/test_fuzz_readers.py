@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from textlora.config import DataConfig, DataSource
-from textlora.data import extract_texts, prepare_training_data
+from textlora.data.prepare import extract_texts, prepare_training_data
 from textlora.errors import DataError
-from textlora.readers import _where_utf8_breaks, read_table
+from textlora.data.readers import _where_utf8_breaks, read_table
 
 # Unicode without surrogates (not encodable as UTF-8), with the characters that break naive CSV
 # handling drawn often.

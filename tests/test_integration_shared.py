@@ -5,7 +5,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from textlora.budget import count_model
+from textlora.model.budget import count_model
 from textlora.cli import main
 from textlora.config import ModelConfig, load_config
 

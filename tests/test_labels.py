@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from textlora.errors import DataError
-from textlora.labels import LabelMap, build_label_map
+from textlora.data.labels import LabelMap, build_label_map
 
 AG = ["World", "Sports", "Business", "Sci/Tech"]
 

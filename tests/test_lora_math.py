@@ -6,12 +6,12 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from textlora.budget import count_model, enforce_budget
+from textlora.model.budget import count_model, enforce_budget
 from textlora.config import ModelConfig, OptimConfig
 from textlora.errors import BudgetError
-from textlora.labels import LabelMap
-from textlora.model import build_model
-from textlora.optim import build_optimizer, param_groups
+from textlora.data.labels import LabelMap
+from textlora.model.build import build_model
+from textlora.training.optim import build_optimizer, param_groups
 
 LABELS = LabelMap(names=("World", "Sports", "Business", "Sci/Tech"), kind="int", base=1)
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, MPNetConfig, MPNetModel, MPNetTokenizer
 
-from textlora.budget import count_model, enforce_budget
+from textlora.model.budget import count_model, enforce_budget
 from textlora.cli import main
 from textlora.config import ModelConfig
 from textlora.errors import BudgetError, ConfigError
-from textlora.plan import enumerate_candidates
+from textlora.commands.plan import enumerate_candidates
 
 from .conftest import AGNEWS_SMALL, write_tiny_config
 from .test_lora_math import _SUGGESTION

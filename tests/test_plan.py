@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from textlora.budget import count_model
+from textlora.model.budget import count_model
 from textlora.cli import main
 from textlora.config import ModelConfig, load_config
-from textlora.plan import enumerate_candidates, layer_ranges
+from textlora.commands.plan import enumerate_candidates, layer_ranges
 
 from .conftest import AGNEWS_SMALL, REPO, write_tiny_config
 from .report_helpers import tiny_bert_without_pooler_dir, tiny_roberta_dir, tiny_yaml
@@ -84,8 +84,8 @@ def test_plan_picks_a_light_head_and_its_yaml_trains_and_reloads(roberta_dir, tm
 
 
 def test_linear_head_on_bert_replaces_the_pooler(tiny_model_dir):
-    from textlora.heads import FirstToken
-    from textlora.model import build_model
+    from textlora.model.heads import FirstToken
+    from textlora.model.build import build_model
 
     built = build_model(ModelConfig(name_or_path=str(tiny_model_dir), lora_r=4, head="linear"), None, num_labels=4)
     base = built.model.get_base_model()
@@ -107,8 +107,8 @@ def no_pooler_dir(tiny_model_dir, tmp_path_factory):
 
 def _train_time_groups(model_cfg):
     """Trainable groups as train counts them: the model built from the checkpoint, fresh modules found by loading."""
-    from textlora.budget import trainable_breakdown
-    from textlora.model import build_model
+    from textlora.model.budget import trainable_breakdown
+    from textlora.model.build import build_model
 
     built = build_model(model_cfg, None, pretrained=True, num_labels=4)
     return dict(trainable_breakdown(built, model_cfg.max_trainable_params).groups)

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from textlora import precision as prec
+from textlora.model import precision as prec
 from textlora.cli import main
 from textlora.errors import ConfigError
-from textlora.inference import load_run
+from textlora.run.load import load_run
 
 from .conftest import AGNEWS_SMALL, write_tiny_config
 

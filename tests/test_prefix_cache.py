@@ -9,14 +9,15 @@ import torch
 from transformers import (BertConfig, BertForSequenceClassification, MPNetConfig, MPNetForSequenceClassification,
                           RobertaConfig, RobertaForSequenceClassification)
 
-from textlora.batching import Tokenized
+from textlora.data.batching import Tokenized
 from textlora.config import ModelConfig, TrainConfig, load_config
 from textlora.errors import ConfigError
-from textlora.inference import predict_proba
-from textlora.labels import LabelMap
-from textlora.model import build_model
-from textlora.prefix_cache import PrefixCache, encoder_parts, estimate_bytes, lowest_trained_layer, prefix_start
-from textlora.train import train
+from textlora.model.forward import predict_proba
+from textlora.data.labels import LabelMap
+from textlora.model.build import build_model
+from textlora.speed.prefix_cache import PrefixCache, estimate_bytes, lowest_trained_layer, prefix_start
+from textlora.model.parts import encoder_parts
+from textlora.training.recipe import train
 
 LABELS = LabelMap(names=["World", "Sports", "Business", "Sci/Tech"], kind="int", base=0)
 

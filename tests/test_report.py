@@ -9,7 +9,7 @@ import pytest
 from matplotlib.image import imread
 
 from textlora.cli import main
-from textlora.report import hardest_errors
+from textlora.commands.report import hardest_errors
 
 from .report_helpers import tiny_yaml
 

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from textlora.errors import DataError
-from textlora.safe_pickle import read_pickled_table
+from textlora.data.safe_pickle import read_pickled_table
 
 datasets.disable_progress_bars()
 
@@ -268,10 +268,10 @@ def test_hostile_model_weights_are_refused_without_running(tmp_path, tiny_model_
 def test_hostile_checkpoint_is_refused_without_running(tmp_path):
     # A checkpoint whose optim.pt would run a command; its manifest is made to match, so only
     # torch.load(weights_only=True) stands in the way.
-    from textlora import checkpoint as ckpt
+    from textlora.training import checkpoint as ckpt
     from textlora.config import OptimConfig
     from textlora.errors import RunFolderError
-    from textlora.optim import build_optimizer, build_scheduler
+    from textlora.training.optim import build_optimizer, build_scheduler
 
     model = torch.nn.Linear(3, 2)
     optimizer = build_optimizer(model, OptimConfig(), [])

@@ -17,7 +17,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from textlora.cli import main  # noqa: E402
-from textlora.predict import classify  # noqa: E402
+from textlora.commands.predict import classify  # noqa: E402
 
 NAMES = ["World", "Sports", "Business", "Sci/Tech"]
 TEXTS = ["Stocks fell on Wall Street as oil prices rose", "The team won the cup after extra time",

@@ -10,9 +10,9 @@ from tests.conftest import AGNEWS_SMALL
 from textlora.cli import main
 from textlora.config import DataSource
 from textlora.errors import DataError
-from textlora.inference import load_run
-from textlora.predict import predict
-from textlora.readers import iter_table, read_table
+from textlora.run.load import load_run
+from textlora.commands.predict import predict
+from textlora.data.readers import iter_table, read_table
 
 NAMES = ["label", "title", "description"]
 

@@ -2,8 +2,9 @@
 
 from transformers import AutoTokenizer
 
-from textlora import batching, token_cache
-from textlora.token_cache import tokenize_cached
+from textlora.data import batching
+from textlora.data import token_cache
+from textlora.data.token_cache import tokenize_cached
 
 TEXTS = ["Stocks fell on Wall Street", "The team won the cup final", "", "NASA launches a probe " * 30]
 

@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from . import allocator
-from .errors import RunFolderError, TextloraError, os_error_message
+from textlora.speed import allocator
+from textlora.errors import RunFolderError, TextloraError, os_error_message
 
 
 def _int_at_least(minimum: int, why: str = ""):
@@ -55,8 +55,8 @@ def _rank_list(text: str) -> list[int]:
 
 def _data_source(args, run_dir: Path, path: Optional[str] = None):
     """The ``--data`` rows (or ``path``'s), read with the run's training options unless flags override them."""
-    from .config import DataSource, config_from_yaml_file
-    from .exported import exported_source, is_exported_folder
+    from textlora.config import DataSource, config_from_yaml_file
+    from textlora.run.exported import exported_source, is_exported_folder
 
     if is_exported_folder(run_dir):
         trained = exported_source(run_dir)
@@ -79,8 +79,8 @@ def _data_source(args, run_dir: Path, path: Optional[str] = None):
 
 
 def cmd_train(args) -> None:
-    from .config import load_config
-    from .train import train
+    from textlora.config import load_config
+    from textlora.training.recipe import train
 
     if args.resume:
         if args.overrides or args.config:
@@ -94,8 +94,8 @@ def cmd_train(args) -> None:
 
 
 def cmd_params(args) -> None:
-    from .budget import count_model, enforce_budget
-    from .config import load_config
+    from textlora.model.budget import count_model, enforce_budget
+    from textlora.config import load_config
 
     config = load_config(Path(args.config) if args.config else None, tuple(args.overrides))
     breakdown, built = count_model(config.model, num_labels=args.num_labels, pretrained=args.pretrained)
@@ -109,7 +109,7 @@ def cmd_params(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluate import evaluate_many
+    from textlora.commands.evaluate import evaluate_many
 
     run_dir = Path(args.run)
     evaluate_many(run_dir, [_data_source(args, run_dir, path) for path in args.data],
@@ -118,7 +118,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .predict import predict
+    from textlora.commands.predict import predict
 
     run_dir = Path(args.run)
     predict(run_dir, _data_source(args, run_dir), Path(args.output), args.names, args.probs,
@@ -126,19 +126,19 @@ def cmd_predict(args) -> None:
 
 
 def cmd_classify(args) -> None:
-    from .predict import classify
+    from textlora.commands.predict import classify
 
     classify(Path(args.run), args.texts, args.json, args.device, args.precision, args.base_model)
 
 
 def cmd_export(args) -> None:
-    from .export import export
+    from textlora.commands.export import export
 
     export(Path(args.run), Path(args.out), onnx=args.onnx, force=args.force, base_model=args.base_model)
 
 
 def cmd_serve(args) -> None:
-    from .serve import ServeLimits, serve
+    from textlora.serve import ServeLimits, serve
 
     limits = ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
@@ -147,21 +147,21 @@ def cmd_serve(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .report import write_report
+    from textlora.commands.report import write_report
 
     print(f"wrote {write_report(Path(args.run), Path(args.output) if args.output else None)}")
 
 
 def cmd_compare(args) -> None:
-    from .compare import compare
+    from textlora.commands.compare import compare
 
     compare([Path(r) for r in args.runs], Path(args.output) if args.output else None)
 
 
 def cmd_plan(args) -> None:
-    from .checkpoint import check_output_file
-    from .config import load_config
-    from .plan import RANKS, plan
+    from textlora.run.files import check_output_file
+    from textlora.config import load_config
+    from textlora.commands.plan import RANKS, plan
 
     if args.output:  # the planned YAML must not replace the --config it completes
         check_output_file(Path(args.output), "planned.yaml", inputs=[args.config] if args.config else [])
@@ -176,7 +176,7 @@ def cmd_plan(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .sweep import sweep
+    from textlora.commands.sweep import sweep
 
     sweep(Path(args.config), args.grid, args.overrides)
 

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ConfigError
+from textlora.errors import ConfigError
 
 
 def _require(ok: bool, key: str, message: str) -> None:

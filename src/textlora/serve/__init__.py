@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import ConfigError, TextloraError
+from textlora.errors import ConfigError, TextloraError
 
 
 class ServeError(TextloraError):

@@ -16,7 +16,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from ..data import text_problem
+from textlora.data.prepare import text_problem
 from . import ServeLimits
 from .batcher import MicroBatcher, QueueFullError
 from .classifier import Classifier

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from ..errors import RunFolderError
-from ..precision import precision_name
+from textlora.errors import RunFolderError
+from textlora.model.precision import precision_name
 
 
 @dataclass
@@ -37,7 +37,7 @@ def _clean(texts: list[str], clean_backslashes: bool) -> list[str]:
     """The text normalisation the run was trained with (``data.extract_texts``)."""
     import pandas as pd
 
-    from ..data import extract_texts
+    from textlora.data.prepare import extract_texts
 
     return extract_texts(pd.DataFrame({"text": texts}), ["text"], "request", clean_backslashes)
 
@@ -75,8 +75,8 @@ def load_classifier(path: Path, device: str = "auto", batch_size: int = 32, onnx
 
 def _from_run(path: Path, device: str, batch_size: int, precision: str = "run",
               base_model: Optional[str] = None) -> Classifier:
-    from ..export import run_info
-    from ..inference import load_run
+    from textlora.run.exported import run_info
+    from textlora.run.load import load_run
 
     run = load_run(path, device=device, merge=True, precision=precision, base_model=base_model)
     info = {"source": "run", **run_info(path, run.config, run.label_map), "device": str(run.device),
@@ -108,7 +108,7 @@ class OnnxClassifier(torch.nn.Module):
 def _from_export(path: Path, device: str, batch_size: int, onnx: bool = False, precision: str = "run") -> Classifier:
     from dataclasses import replace
 
-    from ..exported import export_info, load_exported
+    from textlora.run.exported import export_info, load_exported
 
     # "run" precision: the run's train.mixed_precision as the export recorded it (fp32 for an export without it).
     run = load_exported(path, device, precision)

@@ -1,0 +1,149 @@
+"""Writing into a run folder (or any output) safely: whole files and folders appear at once, or not at all.
+
+Files go to a temp name beside their destination and are renamed over it; folders are filled under a
+temp name and swapped in. Output guards refuse to overwrite an input or a folder textlora did not write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from textlora.errors import WriteError, os_error_message
+
+
+@contextlib.contextmanager
+def removed_on_failure(tmp: Path, what: str, then: str = "run the command again"):
+    """Delete ``tmp`` (a file or folder being written) when writing it fails or is interrupted.
+
+    An ``OSError`` (disk full, read-only, no permission, a file where a folder should be) becomes a
+    :class:`WriteError` naming ``what``, the fix for that error and ``then`` (how to go on); the file
+    or folder ``tmp`` was to replace is untouched.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        remove_path(tmp)
+        if isinstance(exc, OSError):
+            raise WriteError(f"{os_error_message(exc, 'write ' + what)}, then {then}") from None
+        raise
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or a folder tree, if there is one (also when the path runs through a file)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            path.unlink()
+
+
+def check_output_file(output: Path, example: str, inputs: Sequence[str | Path] = ()) -> None:
+    """Refuse, before any work is done, an output file path that names a folder, runs through a file,
+    or is one of the command's ``inputs`` (also through a symbolic or hard link): writing it would replace them."""
+    if output.is_dir():
+        raise WriteError(f"--output {output} is a folder; give a file name such as {example}")
+    through = next((p for p in output.parents if p.exists()), None)
+    if through is not None and not through.is_dir():
+        raise WriteError(f"--output {output}: {through} is a file, not a folder; fix the path")
+    for source in inputs:
+        with contextlib.suppress(OSError):  # an input that is no file (a hub name) cannot be overwritten
+            if output.exists() and os.path.samefile(output, source):
+                raise WriteError(f"--output {output} is the input {source}; writing it would replace the data. "
+                                 f"Give another file name, such as {example}")
+
+
+def temp_beside(path: Path) -> Path:
+    """A temporary name beside ``path`` for writing it atomically: a name of its own, so that a file the
+    user keeps beside it (``out.csv.tmp``) is never overwritten or deleted."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = temp_beside(path)
+    with removed_on_failure(tmp, str(path)):
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written folder into place; the old one is removed only after the new one exists.
+
+    The old folder is set aside under a new name of its own, so a folder the user named ``FINAL.old``
+    is never touched.
+    """
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f"{final.name}.", suffix=".old", dir=final.parent))
+        os.replace(final, old)  # onto the new, empty folder
+    os.replace(tmp, final)
+    if old is not None:
+        remove_path(old)
+
+
+OUTPUT_LIST = ".textlora-files"
+"""In a folder written by :func:`folder_written_whole`: the names it wrote (JSON), so that only those are replaced."""
+
+
+def _report_file(name: str) -> bool:
+    """The kinds of file report and compare write (for their outputs from before :data:`OUTPUT_LIST` was kept)."""
+    return name.endswith((".md", ".png", ".json"))
+
+
+def _not_replaceable(output: Path, marker: str, own: Callable[[str], bool]) -> Optional[str]:
+    """Why replacing ``output`` would delete something this command did not write (None when it would not)."""
+    entries = {path.name for path in output.iterdir()}
+    if not entries:
+        return None
+    if marker not in entries:
+        return f"it has no {marker}, so it is not an earlier output of this command"
+    if (output / OUTPUT_LIST).is_file():
+        try:
+            written = set(json.loads((output / OUTPUT_LIST).read_text())) | {OUTPUT_LIST}
+        except (ValueError, TypeError):  # an edited or damaged list proves nothing: trust no name in the folder
+            written = {marker, OUTPUT_LIST}
+        foreign = sorted(entries - written)
+    else:  # written before the list was kept: only the kinds of file this command writes
+        foreign = sorted(name for name in entries if not own(name))
+    return f"it also holds {', '.join(foreign[:3])}, which this command did not write" if foreign else None
+
+
+def check_output_folder(output: Path, marker: str, flag: str, own: Callable[[str], bool] = _report_file) -> None:
+    """Refuse, before any work is done, an output folder whose replacement would delete what the user keeps there.
+
+    Only a new or empty folder, or an earlier output of this command (it holds ``marker``, e.g. report.md)
+    with nothing added to it, may be replaced. ``own`` tells the names this command writes, for an earlier
+    output that has no list of what it wrote (:data:`OUTPUT_LIST`).
+    """
+    if output.exists() and not output.is_dir():
+        raise WriteError(f"{flag} {output} is a file; give the path of a folder to write")
+    reason = _not_replaceable(output, marker, own) if output.is_dir() else None
+    if reason:
+        raise WriteError(f"{flag} {output} already exists and {reason}; writing there would delete what it holds. "
+                         "Choose a new or empty folder, or move those files out")
+
+
+@contextlib.contextmanager
+def folder_written_whole(output: Path, marker: str, flag: str, own: Callable[[str], bool] = _report_file):
+    """A temporary folder to write an output folder into; on success it replaces ``output`` as a whole.
+
+    Replacing deletes the old ``output``, so it is first checked by :func:`check_output_folder` (``marker``
+    and ``own`` as there). The temporary folder has a name of its own beside ``output``; on failure it is
+    removed and ``output`` is untouched.
+    """
+    check_output_folder(output, marker, flag, own)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{output.name}.", suffix=".tmp", dir=output.parent))
+    except OSError as exc:
+        raise WriteError(os_error_message(exc, f"write {flag} {output}")) from None
+    with removed_on_failure(tmp, f"{flag} {output}"):
+        yield tmp
+        (tmp / OUTPUT_LIST).write_text(json.dumps(sorted(path.name for path in tmp.iterdir())) + "\n")
+        replace_dir(tmp, output)
