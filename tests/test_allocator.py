@@ -111,6 +111,6 @@ def test_textlora_train_runs_on_tcmalloc_and_says_so(tmp_path, tiny_model_dir):
               "from textlora.cli import main; sys.exit(main())"
     result = _child(command, HF_HUB_OFFLINE="1")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "[train] memory allocator: tcmalloc (TEXTLORA_ALLOCATOR=auto; system = glibc malloc)" in result.stdout
+    assert "[speed] memory allocator: tcmalloc (TEXTLORA_ALLOCATOR=auto; system = glibc malloc)" in result.stdout
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
     assert summary["memory_allocator"] == "tcmalloc"

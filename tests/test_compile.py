@@ -7,7 +7,7 @@ import pytest
 from safetensors.torch import load_file
 
 from textlora.cli import main
-from textlora.training.recipe import CPU_COMPILE_NOTE
+from textlora.speed import COMPILE_ON_CPU_NOTE
 
 from .conftest import write_tiny_config
 
@@ -19,7 +19,7 @@ def test_a_compiled_model_trains_and_its_run_folder_is_usable(tmp_path, tiny_mod
     config = write_tiny_config(tmp_path / "tiny.yaml", tiny_model_dir, tmp_path / "runs",
                                extra="  compile: true\n  max_steps: 3\n")
     assert main(["train", "--config", str(config)]) == 0
-    assert f"[train] {CPU_COMPILE_NOTE}" in capsys.readouterr().out
+    assert f"[speed] {COMPILE_ON_CPU_NOTE}" in capsys.readouterr().out
     run = tmp_path / "runs" / "tiny"
 
     # The adapter is saved from the model inside the compile wrapper: plain peft names, trained values

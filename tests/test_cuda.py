@@ -22,7 +22,7 @@ from textlora.model.forward import predict_proba
 from textlora.model.build import build_model
 from textlora.speed.prefix_cache import PrefixCache
 from textlora.model.parts import encoder_parts
-from textlora.training.recipe import CPU_COMPILE_NOTE
+from textlora.speed import COMPILE_ON_CPU_NOTE
 
 from .conftest import AGNEWS_SMALL, write_tiny_config
 from .test_first_token import _classifier, assert_same_loss_and_gradients
@@ -82,7 +82,7 @@ def test_fp16_training_with_loss_scaling_on_cuda(tmp_path, tiny_model_dir):
 def test_compiled_training_on_cuda(tmp_path, tiny_model_dir, capsys):
     # test_compile.py on CUDA: no CPU warning, plain peft names in the adapter, trained LoRA B.
     run, summary = _train_on_cuda(tmp_path, tiny_model_dir, "compiled", "train.compile=true", "train.max_steps=3")
-    assert CPU_COMPILE_NOTE not in capsys.readouterr().out
+    assert COMPILE_ON_CPU_NOTE not in capsys.readouterr().out
     assert summary["best_step"] == 3 and _lora_b_trained(run)
 
 

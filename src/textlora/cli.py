@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from textlora.speed import allocator
+from textlora.model.speedups import prepare_process
 from textlora.errors import RunFolderError, TextloraError, os_error_message
 
 
@@ -321,7 +321,7 @@ COMMANDS = {
 def main(argv=None) -> int:
     if argv is None:  # the real command line (not a call from Python): run on tcmalloc where installed
         try:
-            allocator.reexec_with_fast_allocator()
+            prepare_process()
         except TextloraError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

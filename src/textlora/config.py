@@ -281,7 +281,12 @@ class TrainConfig:
     """Largest prefix cache allowed, in GB (estimate: real tokens x hidden size x 2 bytes)."""
     compile: bool = False
     """``torch.compile`` the model (GPU; pays off on long runs; first steps are slower while it compiles). On CPU it
-    was measured slower than without it (0.92x, BENCHMARKS.md), and the train log says so."""
+    was measured slower than without it (BENCHMARKS.md, train_speed-cpu-compile), and the train log says so.
+    A speedup: off with ``train.speedups=false``."""
+    speedups: bool = True
+    """Apply the optional speedups (``textlora.speed``: first-token last layer, CPU dropout masks, prefix cache,
+    compile, the faster malloc's note), each per its own switch. ``false``: none of them, the stock computation
+    (slower, same model); for checking a result against stock transformers. What each gains: BENCHMARKS.md."""
     fast_cpu_dropout: bool = True
     """Training on CPU: dropout masks (hidden states, LoRA inputs, head and, for BERT-style models, attention
     probabilities in textlora's own attention function instead of SDPA's math path; MPNet's in its own attention

@@ -27,7 +27,6 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from textlora.config import ModelConfig
 from textlora.errors import ConfigError, RunFolderError
-from textlora.speed.first_token import restrict_last_layer
 from textlora.model.heads import apply_head
 from textlora.data.labels import LabelMap
 from textlora.model.precision import BASE_DTYPES
@@ -227,17 +226,16 @@ def build_base_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model.name_or_path={cfg.name_or_path!r}: could not load pretrained weights "
                           f"({str(exc).splitlines()[0]})") from None
-    _shape_for_textlora(model, cfg.head, cfg.first_token_last_layer)
+    _shape_for_textlora(model, cfg.head)
     # A module the head replaced (e.g. a BERT pooler) is no longer missing: it is gone.
     present = set(model.state_dict())
     return model, sorted(key for key in info.get("missing_keys", []) if key in present)
 
 
-def _shape_for_textlora(model: torch.nn.Module, head: str, first_token_last_layer: bool) -> None:
-    """What textlora does to a freshly loaded stock classifier, in training and inference alike."""
+def _shape_for_textlora(model: torch.nn.Module, head: str) -> None:
+    """What textlora does to a freshly loaded stock classifier, in training and inference alike (speedups such
+    as ``model.first_token_last_layer`` come later, through ``textlora.model.speedups``)."""
     apply_head(model, head)
-    if first_token_last_layer:
-        restrict_last_layer(model, head)
     # Forget the folder the weights came from: peft would write it to adapter_config.json (and an export to
     # config.json) as this machine's absolute path. The run's config.yaml names the model as the user gave it.
     model.name_or_path = ""
@@ -358,7 +356,7 @@ def load_trained_model(run_dir: Path, base_name_or_path: str, label_map: LabelMa
     """Stock base model + the run's adapter (and head) from ``run_dir/adapter``.
 
     ``head`` defaults to the run's ``model.head`` (from its config.yaml), so the same head is rebuilt; the
-    run's ``model.first_token_last_layer`` is applied as in training. ``base_dtype`` is the frozen base's
+    run's speedups are applied by the caller (``run.load.load_run``), as in training. ``base_dtype`` is the frozen base's
     storage dtype; the head and LoRA are loaded in fp32 as they were trained.
     """
     adapter_dir = run_dir / "adapter"
@@ -371,7 +369,7 @@ def load_trained_model(run_dir: Path, base_name_or_path: str, label_map: LabelMa
     try:
         base = AutoModelForSequenceClassification.from_pretrained(base_name_or_path, config=config,
                                                                   dtype=BASE_DTYPES[base_dtype])
-        _shape_for_textlora(base, head or run_model.head, run_model.first_token_last_layer)
+        _shape_for_textlora(base, head or run_model.head)
         keep_trained_in_fp32(base, _saved_modules(adapter_dir))
         return PeftModel.from_pretrained(base, adapter_dir)
     except Exception as exc:  # corrupt safetensors, mismatched shapes, bad JSON

@@ -18,6 +18,7 @@ from textlora.data.batching import tokenize
 from textlora.config import RunConfig, config_from_yaml_file
 from textlora.errors import RunFolderError
 from textlora.model.forward import pick_device, predict_proba
+from textlora.model.speedups import apply_speedups
 from textlora.run.exported import is_exported_folder, load_exported
 from textlora.data.labels import LabelMap
 from textlora.model.precision import autocast_factory, inference_base_dtype, inference_precision
@@ -89,6 +90,7 @@ def load_run(run_dir: Path, device: str = "auto", merge: bool = True, precision:
         # precision keeps LoRA beside it, in fp32, exactly as validation ran it during training.
         model = model.merge_and_unload()
     model.to(target).eval()
+    apply_speedups(model, config, target, training=False)  # e.g. the last layer for the first token only
     return LoadedRun(run_dir, config, label_map, tokenizer, model, target, compute, base_dtype)
 
 

@@ -17,9 +17,8 @@ import torch
 
 from textlora.run.files import atomic_write_text
 from textlora.errors import RunFolderError
+from textlora.run.layout import EVAL_SETS_DIR, PREDICTIONS_DIR  # noqa: F401 (also imported from here)
 
-PREDICTIONS_DIR = "predictions"
-EVAL_SETS_DIR = "eval_sets"
 """Folder of the run (and of ``predictions/``) holding one file per ``data.eval_sets`` set."""
 
 

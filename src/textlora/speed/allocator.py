@@ -1,10 +1,10 @@
-"""The process's memory allocator: tcmalloc when it is installed, because CPU training is 1.2-1.3x faster on it.
+"""The process's memory allocator: tcmalloc when it is installed, because CPU training is faster on it
+(BENCHMARKS.md, Training speed on glibc and tcmalloc).
 
 A training step on the CPU allocates and frees hundreds of activation tensors whose sizes change with
 every batch's length. glibc's malloc hands each large block back to the kernel and faults fresh pages
-in for the next one, and its heap fragments over a run: on a 2-core CPU the quickstart trained at
-111 samples/s over its first 100 steps and 95-102 after step 250 on glibc, at 136 throughout on
-tcmalloc, and its peak RSS went from 3.2 to 1.8 GB (BENCHMARKS.md, "Memory allocator"). PyTorch's
+in for the next one, and its heap fragments over a run, so throughput sags and RSS grows; tcmalloc
+keeps both flat (measured in BENCHMARKS.md, "Memory allocator"). PyTorch's
 own CPU tuning guide recommends the same.
 
 An allocator can only be chosen before a process starts (``LD_PRELOAD``), so the ``textlora`` command
@@ -140,5 +140,5 @@ def note() -> str:
         return f"memory allocator: glibc malloc ({ENV}=system)"
     if not sys.platform.startswith("linux"):
         return "memory allocator: the platform's own"
-    return (f"memory allocator: glibc malloc; CPU training runs 1.2-1.3x faster with a third less memory on "
-            f"tcmalloc: {INSTALL_HINT}")
+    return (f"memory allocator: glibc malloc; CPU training runs faster with less memory on tcmalloc "
+            f"(BENCHMARKS.md, Training speed on glibc and tcmalloc): {INSTALL_HINT}")

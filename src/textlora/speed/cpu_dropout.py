@@ -15,8 +15,8 @@ attention function registered with transformers (``ATTENTION``): scores, softmax
 values, in the dtype SDPA would compute in (bf16 under autocast); without dropout (eval, inference,
 p = 0) it hands over to transformers' SDPA function. Its backward pass recomputes the softmax
 instead of keeping it, so the process stays as flat over a long run as with SDPA, and smaller
-(BENCHMARKS.md, ``cpu_step_loop``: 1.17x SDPA's steps over 400 of all-MiniLM-L6, RSS flat at 3.3
-GB against SDPA's 3.6; an earlier version that kept the probabilities grew to 6.1 GB by step 1,000).
+(BENCHMARKS.md, ``cpu_step_loop``: steps and RSS over a long run against SDPA, and an earlier version that
+kept the probabilities).
 
 :func:`install` applies both to a model for CPU training (``train.fast_cpu_dropout``); outside
 training, and on other devices, every module behaves as the stock one. A model that computes attention
@@ -105,8 +105,8 @@ def _as_factor(keep: torch.Tensor) -> torch.Tensor:
     """A boolean mask as 0/1 bytes, to multiply by: the same products, about half the time.
 
     ``bf16 * bool`` converts the whole mask to bf16 first (a copy of ``[B, heads, T, T]``);
-    ``bf16 * uint8`` converts inside the multiplication: 0.56 vs 1.11 ms for ``[48, 12, 56, 56]``
-    on 2 cores; training steps 1.04x (BENCHMARKS.md, attention_mask_factor).
+    ``bf16 * uint8`` converts inside the multiplication (timed in BENCHMARKS.md,
+    attention_mask_factor).
     """
     return keep.view(torch.uint8)
 
@@ -124,7 +124,7 @@ class _AttentionCore(torch.autograd.Function):
 
     Kept for backward: q, k, v, the bias and the boolean mask (1 byte per element). Keeping the
     probabilities and a scaled mask as well (3 tensors of ``[B, heads, T, T]``, 6 bytes per element),
-    as autograd would, grew the process by ~0.16 GB per 100 steps (BENCHMARKS.md). The dropout
+    as autograd would, grew the process step after step (BENCHMARKS.md, cpu_step_loop). The dropout
     scale 1/(1-p) is applied to the ``[B, heads, T, d]`` output, not to the probabilities.
     """
 
@@ -198,8 +198,10 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
     return out.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(ATTENTION, attention)
-AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the masks SDPA gets: attention() may hand them over
+def _register() -> None:
+    """Make ``ATTENTION`` a name transformers' attention registry knows (done by :func:`install`, not on import)."""
+    AttentionInterface.register(ATTENTION, attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the masks SDPA gets: attention() may hand them over
 
 
 def install(model: torch.nn.Module) -> str:
@@ -207,6 +209,7 @@ def install(model: torch.nn.Module) -> str:
 
     Returns one line for the train log saying what changed.
     """
+    _register()
     swapped = 0
     for module in model.modules():
         if type(module) is torch.nn.Dropout:

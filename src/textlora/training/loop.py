@@ -1,6 +1,6 @@
 """The training loop: optimizer steps, logging, validation, checkpoints and interrupts.
 
-:func:`textlora.training.recipe.train` builds everything and hands it to :class:`TrainLoop`; a resumed run
+:func:`textlora.training.recipe.setup` builds everything, :func:`~textlora.training.recipe.fit` runs :class:`TrainLoop`; a resumed run
 gets its :class:`LoopState` back from the newest valid checkpoint (:func:`resume_state`).
 """
 
@@ -11,18 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from textlora.training import checkpoint as ckpt
 from textlora.run.files import removed_on_failure, replace_dir
-from textlora.data.prepare import TrainingData
 from textlora.errors import RunFolderError
 from textlora.training.eval_sets import eval_line, headline, lower_is_better, selection_value
 from textlora.run.metrics import classification_metrics
 from textlora.model.forward import predict_proba
 from textlora.training.interrupts import DeferredInterrupt
-from textlora.speed.prefix_cache import PrefixCache
 from textlora.model.forward import classifier_logits
 from textlora.run.folder import MetricsLog
 
@@ -71,21 +70,21 @@ def _best_weights(run_dir: Path, state: LoopState) -> dict:
 class TrainLoop:
     """The epoch/step loop over prepared model, optimizer, scheduler and loader, writing the run folder as it goes."""
 
-    def __init__(self, config, accelerator, model, optimizer, scheduler, loader, val_tokens,
-                 data: TrainingData, pad_id, run_dir, log, state, total_steps, steps_per_epoch, started: float):
-        self.config, self.cfg, self.accelerator = config, config.train, accelerator
-        self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, loader
-        self.val_tokens, self.data, self.pad_id = val_tokens, data, pad_id
-        self.run_dir, self.log, self.state = run_dir, log, state
-        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+    def __init__(self, parts):
+        """``parts``: the :class:`textlora.training.recipe.Components` that setup built."""
+        self.config, self.cfg, self.accelerator = parts.config, parts.config.train, parts.accelerator
+        self.model, self.optimizer, self.scheduler, self.loader = parts.model, parts.optimizer, parts.scheduler, parts.loader
+        self.val_tokens, self.set_tokens, self.data = parts.val_tokens, parts.set_tokens, parts.data
+        self.pad_id = parts.tokenizer.pad_token_id
+        self.run_dir, self.log, self.state = parts.run_dir, parts.log, parts.state
+        self.total_steps, self.steps_per_epoch, self.started = parts.total_steps, parts.steps_per_epoch, parts.started
+        # Prefix caches (an optional speedup) of train, validation and each eval set, or Nones.
+        caches = parts.speed.caches or (None,) * (2 + len(parts.set_tokens))
+        self.train_cache, self.val_cache = caches[0], caches[1]
+        self.set_caches = dict(zip(parts.set_tokens, caches[2:]))
         self._tokens = 0  # tokens seen since the last _sync_counters (a device tensor once training runs)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
         self.stop = False
-        self.started = started  # when this invocation started: its set-up counts as wall time too
-        self.train_cache: Optional[PrefixCache] = None
-        self.val_cache: Optional[PrefixCache] = None
-        self.set_tokens: dict = {}  # {name: Tokenized} of data.eval_sets, tokenized once up front
-        self.set_caches: dict = {}  # {name: PrefixCache or None}, like val_cache
 
     def run(self) -> None:
         cfg, state = self.cfg, self.state
@@ -180,30 +179,31 @@ class TrainLoop:
         if self.cfg.quiet and self.accelerator.is_main_process:
             print(f"[train] step {state.step}/{self.total_steps} loss {loss:.4f} lr {lr:.2e} {rate:.1f} samples/s", flush=True)
 
-    def validate(self) -> dict:
+    def validate(self) -> tuple[dict, np.ndarray]:
+        """Validation metrics and the class probabilities ``[N, K]`` they were computed from."""
         model = self.accelerator.unwrap_model(self.model)
         probs = predict_proba(model, self.val_tokens, self.pad_id, self.cfg.batch_size * 2,
                               self.accelerator.device, autocast=self.accelerator.autocast, cache=self.val_cache)
         self.model.train()
-        self.val_probs = probs  # the last validation's [N, K] probabilities: _finish saves the best model's
-        return classification_metrics(self.data.validation.labels, probs, self.data.label_map.names)
+        return classification_metrics(self.data.validation.labels, probs, self.data.label_map.names), probs
 
-    def evaluate_sets(self) -> dict[str, dict]:
-        """Every ``data.eval_sets`` set's metrics, ``{name: metrics}``, run as validation is (batches, autocast)."""
+    def evaluate_sets(self) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+        """Every ``data.eval_sets`` set's metrics ``{name: metrics}`` and probabilities ``{name: [N, K]}``, run as
+        validation is (batches, autocast)."""
         model = self.accelerator.unwrap_model(self.model)
-        results, self.set_probs = {}, {}  # set_probs: the last evaluation's [N, K] per set, saved by _finish
+        results, set_probs = {}, {}
         for name, tokens in self.set_tokens.items():
             probs = predict_proba(model, tokens, self.pad_id, self.cfg.batch_size * 2, self.accelerator.device,
                                   autocast=self.accelerator.autocast, cache=self.set_caches.get(name))
-            self.set_probs[name] = probs
+            set_probs[name] = probs
             results[name] = classification_metrics(self.data.eval_sets[name].labels, probs, self.data.label_map.names)
         self.model.train()
-        return results
+        return results, set_probs
 
     def _evaluate_and_checkpoint(self) -> None:
         state, cfg = self.state, self.cfg
-        metrics = self.validate()
-        sets = self.evaluate_sets()
+        metrics, _ = self.validate()
+        sets, _ = self.evaluate_sets()
         value = selection_value(cfg.metric_for_best, metrics, sets)
         better = state.best_metric is None or (value < state.best_metric if lower_is_better(cfg.metric_for_best)
                                                else value > state.best_metric)

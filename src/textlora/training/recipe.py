@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -18,38 +19,32 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
-from textlora.speed import allocator
-from textlora.training import checkpoint as ckpt
-from textlora.speed import cpu_dropout
-from textlora.data.batching import make_loader
-from textlora.model.budget import enforce_budget, trainable_breakdown
-from textlora.config import RunConfig, TrainConfig, config_from_yaml_file
+from textlora.config import RunConfig, config_from_yaml_file
+from textlora.data.batching import Tokenized, make_loader
 from textlora.data.prepare import TrainingData, prepare_training_data
-from textlora.training.distributed import prepare_train_loader
-from textlora.errors import ConfigError, RunFolderError
-from textlora.training.eval_sets import headline, write_final as write_eval_sets
-from textlora.run.metrics import classification_metrics, format_metrics, write_metrics
-from textlora.speed.first_token import first_token_note
-from textlora.model.forward import predict_proba
-from textlora.training.loop import LoopState, TrainLoop, resume_state
-from textlora.model.build import build_model, load_tokenizer
-from textlora.training.optim import build_optimizer, build_scheduler
-from textlora.model.precision import precision_name, resolve_base_dtype, resolve_precision
-from textlora.speed.prefix_cache import build_prefix_caches
-from textlora.run.folder import MetricsLog, new_run_dir, with_absolute_paths, write_config, write_json
-from textlora.run.records import PREDICTIONS_DIR, full_model_params, save_predictions
 from textlora.data.token_cache import tokenize_cached
+from textlora.errors import ConfigError, RunFolderError
+from textlora.model.budget import enforce_budget, trainable_breakdown
+from textlora.model.build import build_model, load_tokenizer
+from textlora.model.forward import predict_proba
+from textlora.model.precision import precision_name, resolve_base_dtype, resolve_precision
+from textlora.model.speedups import Applied, apply_speedups, compile_backend
+from textlora.run.folder import MetricsLog, new_run_dir, with_absolute_paths, write_config, write_json
+from textlora.run.layout import (BUDGET_FILE, CONFIG_FILE, DATA_REPORT_FILE, EVAL_FILE, LABELS_FILE, METRICS_FILE,
+                                 PREDICTIONS_DIR, SUMMARY_FILE, TEST_EVAL_FILE, TOKENIZER_DIR)
+from textlora.run.metrics import classification_metrics, format_metrics, write_metrics
+from textlora.run.records import full_model_params, save_predictions
+from textlora.training import checkpoint as ckpt
+from textlora.training.distributed import prepare_train_loader
+from textlora.training.eval_sets import headline, write_final as write_eval_sets
+from textlora.training.loop import LoopState, TrainLoop, resume_state
+from textlora.training.optim import build_optimizer, build_scheduler
 from textlora.training.trackers import check_trackers, end_trackers, start_trackers
 
 
-CPU_COMPILE_NOTE = ("train.compile=true on CPU: measured 0.92x the speed without it (BENCHMARKS.md, "
-                    "train_speed-cpu-compile). The graph breaks at textlora's CPU dropout masks; with torch's "
-                    "dropout (train.fast_cpu_dropout=false) it compiles whole, but inductor's CPU dropout is "
-                    "slower than the masks. It is meant for GPUs.")
-
-
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """Accelerator for ``cfg.device`` with the precision ``cfg.mixed_precision`` resolves to."""
+def make_accelerator(config: RunConfig) -> Accelerator:
+    """Accelerator for ``train.device`` with the precision ``train.mixed_precision`` resolves to."""
+    cfg = config.train
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA GPU is visible; use train.device=auto or cpu")
     if cfg.device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
@@ -63,20 +58,59 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # accelerate keeps one precision per process and refuses another: a notebook that ran Trainer, or
     # an earlier run in a sweep, has set one. Only that state is dropped; the process group is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=precision, cpu=use_cpu, dynamo_backend="inductor" if cfg.compile else None)
+    return Accelerator(mixed_precision=precision, cpu=use_cpu, dynamo_backend=compile_backend(config))
+
+
+@dataclass
+class Components:
+    """Everything :func:`setup` builds for one run, handed to :func:`fit` and :func:`finish`."""
+
+    config: RunConfig
+    accelerator: Accelerator
+    data: TrainingData
+    tokenizer: object
+    trainable: int
+    """Trainable parameter count (the budget's total)."""
+    model: torch.nn.Module
+    """As prepared by accelerate (possibly wrapped); ``accelerator.unwrap_model(model)`` is the peft model."""
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: object
+    val_tokens: Tokenized
+    set_tokens: dict
+    """``{name: Tokenized}`` of ``data.eval_sets``."""
+    speed: Applied
+    """What the speedups did; ``speed.caches`` = prefix caches of (train, validation, *eval sets) or Nones."""
+    run_dir: Path
+    log: MetricsLog
+    state: LoopState
+    total_steps: int
+    steps_per_epoch: int
+    started: float
+    """time.time() when this invocation started: its set-up counts as wall time too."""
 
 
 def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = None) -> Path:
     """Train one run; returns its folder. ``resume`` continues the run in that folder."""
+    parts = setup(config, config_name, resume)
+    try:
+        loop = fit(parts)
+        return finish(parts, loop)
+    finally:
+        parts.speed.close()
+
+
+def setup(config: RunConfig, config_name: str = "run", resume: Optional[Path] = None) -> Components:
+    """Data, model under budget, run folder, tokens, optimizer, speedups and loader: everything :func:`fit` needs."""
     started = time.time()
     if resume is not None:
         resume = Path(resume)
-        if not (resume / "config.yaml").is_file():
-            raise RunFolderError(f"cannot resume {resume}: it has no config.yaml (is it a run folder?)")
-        config = config_from_yaml_file(resume / "config.yaml")
+        if not (resume / CONFIG_FILE).is_file():
+            raise RunFolderError(f"cannot resume {resume}: it has no {CONFIG_FILE} (is it a run folder?)")
+        config = config_from_yaml_file(resume / CONFIG_FILE)
     else:
         config = with_absolute_paths(config)
-    accelerator = make_accelerator(config.train)
+    accelerator = make_accelerator(config)
     main = accelerator.is_main_process
     set_seed(config.train.seed)
 
@@ -89,26 +123,19 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
     enforce_budget(config.model, breakdown, built)
     check_trackers(config.train.trackers)
     print(breakdown.table())
-    print(f"[model] {first_token_note(built.model, config.model)}")
-    if config.train.fast_cpu_dropout and accelerator.device.type == "cpu":
-        print(f"[model] {cpu_dropout.install(built.model)}")
     print(f"[train] {accelerator.device}, {precision_name(accelerator.mixed_precision)} "
           f"(train.mixed_precision={config.train.mixed_precision}); frozen base stored in {base_dtype} "
           f"(model.base_dtype={config.model.base_dtype}), LoRA and head in fp32")
-    if accelerator.device.type == "cpu":
-        print(f"[train] {allocator.note()}")
-        if config.train.compile:
-            print(f"[train] {CPU_COMPILE_NOTE}")
     tokenizer = load_tokenizer(config.model.name_or_path)
     run_dir = resume if resume is not None else (new_run_dir(config, config_name) if main else None)
     run_dir = Path(_broadcast(accelerator, str(run_dir) if run_dir else ""))
     if main and resume is None:
         write_config(run_dir, config)
-        data.label_map.save(run_dir / "labels.json")
-        write_json(run_dir / "budget.json", {**breakdown.as_dict(), "lora": {
+        data.label_map.save(run_dir / LABELS_FILE)
+        write_json(run_dir / BUDGET_FILE, {**breakdown.as_dict(), "lora": {
             "r": config.model.lora_r, "alpha": config.model.lora_alpha, "target_modules": built.target_modules,
             "layers": config.model.layers}, "head_modules": built.head_modules, "fresh_modules": built.fresh_modules})
-        tokenizer.save_pretrained(run_dir / "tokenizer")
+        tokenizer.save_pretrained(run_dir / TOKENIZER_DIR)
 
     max_length = config.model.max_length
     train_tokens = tokenize_cached(tokenizer, data.train.texts, max_length)
@@ -117,46 +144,42 @@ def train(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
     data.report["train_truncated_texts"] = train_tokens.truncated
     data.report["train_tokens"] = int(train_tokens.lengths.sum())
     if main and resume is None:
-        write_json(run_dir / "data_report.json", data.report)
+        write_json(run_dir / DATA_REPORT_FILE, data.report)
 
-    model = built.model
     trained_modules = built.head_modules + built.fresh_modules
-    optimizer = build_optimizer(model, config.optim, trained_modules, accelerator.device.type)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    caches = build_prefix_caches(config.train, accelerator.unwrap_model(model),
-                                 (train_tokens, val_tokens, *set_tokens.values()),
-                                 tokenizer.pad_token_id, accelerator.device, accelerator.autocast,
-                                 log=accelerator.is_main_process)
+    optimizer = build_optimizer(built.model, config.optim, trained_modules, accelerator.device.type)
+    model, optimizer = accelerator.prepare(built.model, optimizer)
+    speed = apply_speedups(accelerator.unwrap_model(model), config, accelerator.device, training=True,
+                           tokens=(train_tokens, val_tokens, *set_tokens.values()), pad_id=tokenizer.pad_token_id,
+                           autocast=accelerator.autocast, log=main)
+    for note in speed.notes:
+        print(f"[speed] {note}")
     loader = make_loader(train_tokens, data.train.labels, config.train.batch_size, tokenizer.pad_token_id,
                          seed=config.train.seed, shuffle=True, max_tokens=config.train.max_tokens_per_batch,
-                         pin_memory=torch.cuda.is_available(), cache=caches[0],
+                         pin_memory=torch.cuda.is_available(), cache=speed.caches[0],
                          pool_batches=config.train.length_pool_batches)
     loader = prepare_train_loader(accelerator, loader)  # its share of each global batch per process
-    accum = config.train.grad_accum
-    steps_per_epoch = max(1, math.ceil(len(loader) / accum))
+    steps_per_epoch = max(1, math.ceil(len(loader) / config.train.grad_accum))
     total_steps = config.train.max_steps or math.ceil(config.train.epochs * steps_per_epoch)
     # The scheduler is stepped by hand once per optimizer step (not prepared), so its length is
     # the same whatever the number of processes.
     scheduler = build_scheduler(optimizer, config.optim, total_steps)
 
     state = LoopState()
-    log = MetricsLog(run_dir / "metrics.jsonl", enabled=main)
+    log = MetricsLog(run_dir / METRICS_FILE, enabled=main)
     if main:
         log.on_write = start_trackers(accelerator, config, run_dir)
     if resume is not None:
         state = resume_state(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, log)
+    return Components(config, accelerator, data, tokenizer, breakdown.total, model, optimizer, scheduler, loader,
+                      val_tokens, set_tokens, speed, run_dir, log, state, total_steps, steps_per_epoch, started)
 
-    loop = TrainLoop(config, accelerator, model, optimizer, scheduler, loader, val_tokens, data,
-                 tokenizer.pad_token_id, run_dir, log, state, total_steps, steps_per_epoch, started)
-    loop.train_cache, loop.val_cache = caches[:2]
-    loop.set_tokens, loop.set_caches = set_tokens, dict(zip(set_tokens, caches[2:]))
-    try:
-        loop.run()
-        return _finish(loop, data, tokenizer, breakdown.total)
-    finally:
-        for cache in caches:
-            if cache is not None:
-                cache.close()
+
+def fit(parts: Components) -> TrainLoop:
+    """Run the step loop to the end (or early stop); the best weights are in ``loop.state.best_state``."""
+    loop = TrainLoop(parts)
+    loop.run()
+    return loop
 
 
 def _broadcast(accelerator: Accelerator, text: str) -> str:
@@ -169,49 +192,49 @@ def _broadcast(accelerator: Accelerator, text: str) -> str:
     return box[0]
 
 
-def _finish(loop: TrainLoop, data: TrainingData, tokenizer, trainable: int) -> Path:
+def finish(parts: Components, loop: TrainLoop) -> Path:
     """Best weights back in, eval.json (+ test_eval.json, eval_sets/), summary.json, and the printed summary."""
-    state, accelerator, run_dir = loop.state, loop.accelerator, loop.run_dir
-    model = accelerator.unwrap_model(loop.model)
+    state, accelerator, run_dir, data, tokenizer = loop.state, parts.accelerator, parts.run_dir, parts.data, parts.tokenizer
+    model = accelerator.unwrap_model(parts.model)
     if state.best_state:
         ckpt.load_trainable(model, state.best_state, "the best model's weights")
-    metrics = loop.validate()
-    sets = loop.evaluate_sets()
-    summary = {"run_dir": str(run_dir), "best_metric": loop.cfg.metric_for_best, "best_value": state.best_metric,
+    metrics, val_probs = loop.validate()
+    sets, set_probs = loop.evaluate_sets()
+    summary = {"run_dir": str(run_dir), "best_metric": parts.config.train.metric_for_best, "best_value": state.best_metric,
                "best_step": state.best_step, "steps": state.step, "validation_accuracy": metrics["accuracy"],
                "device": str(accelerator.device), "precision": precision_name(accelerator.mixed_precision),
                "base_dtype": base_dtype_name(model),
-               "memory_allocator": allocator.loaded() or "system",
-               "trainable_params": trainable, "train_seconds": round(state.train_seconds, 2),
+               "memory_allocator": parts.speed.allocator or "system",
+               "trainable_params": parts.trainable, "train_seconds": round(state.train_seconds, 2),
                "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
                "train_tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1)}
-    if loop.train_cache is not None:
-        caches = [loop.train_cache, loop.val_cache, *loop.set_caches.values()]
-        summary["prefix_cache"] = {"start_layer": loop.train_cache.start, "build_seconds": round(
+    if parts.speed.caches and parts.speed.caches[0] is not None:
+        caches = parts.speed.caches
+        summary["prefix_cache"] = {"start_layer": caches[0].start, "build_seconds": round(
             sum(c.build_seconds for c in caches), 2), "gigabytes": round(sum(c.nbytes for c in caches) / 1e9, 3)}
     summary["model_params"] = full_model_params(model)
     names = data.label_map.names
     if accelerator.is_main_process:
-        write_metrics(run_dir / "eval.json", {**metrics, "split": "validation", "step": state.best_step})
+        write_metrics(run_dir / EVAL_FILE, {**metrics, "split": "validation", "step": state.best_step})
         save_predictions(run_dir / PREDICTIONS_DIR / "validation.csv", data.validation.texts, data.validation.labels,
-                         loop.val_probs, names)
+                         val_probs, names)
         if sets:
-            write_eval_sets(run_dir, data.eval_sets, loop.config.data.eval_sets, sets, loop.set_probs, names,
+            write_eval_sets(run_dir, data.eval_sets, parts.config.data.eval_sets, sets, set_probs, names,
                             state.best_step)
     if sets:
         summary["eval_sets"] = {name: headline(result) for name, result in sets.items()}
     if data.test is not None:
-        test_tokens = tokenize_cached(tokenizer, data.test.texts, loop.config.model.max_length)
-        probs = predict_proba(model, test_tokens, loop.pad_id, loop.cfg.batch_size * 2, accelerator.device,
+        test_tokens = tokenize_cached(tokenizer, data.test.texts, parts.config.model.max_length)
+        probs = predict_proba(model, test_tokens, tokenizer.pad_token_id, parts.config.train.batch_size * 2, accelerator.device,
                               autocast=accelerator.autocast)
         test = classification_metrics(data.test.labels, probs, data.label_map.names)
         summary["test_accuracy"] = test["accuracy"]
         if accelerator.is_main_process:
-            write_metrics(run_dir / "test_eval.json", {**test, "split": "test", "data": loop.config.data.test.path})
+            write_metrics(run_dir / TEST_EVAL_FILE, {**test, "split": "test", "data": parts.config.data.test.path})
             save_predictions(run_dir / PREDICTIONS_DIR / "test.csv", data.test.texts, data.test.labels, probs, names)
     summary["wall_seconds"] = round(loop.wall_seconds(), 2)
     if accelerator.is_main_process:
-        write_json(run_dir / "summary.json", summary)
+        write_json(run_dir / SUMMARY_FILE, summary)
         print("\n" + format_metrics(metrics))
         print(_summary_text(summary))
         from textlora.commands.report import report_after_training  # matplotlib is loaded only now
