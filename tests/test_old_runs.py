@@ -15,6 +15,8 @@ import pytest
 
 from textlora.cli import main
 
+from .conftest import AGNEWS_SMALL
+
 OLD_RUN = Path(__file__).parent / "fixtures" / "run-2026-12-03"
 
 
@@ -58,3 +60,19 @@ def test_old_run_evaluates_and_reports(old_run, tiny_model_dir, tmp_path):
     report = (old_run / "report" / "report.md").read_text()
     assert "run-2026-12-03" in report or "accuracy" in report
     assert (old_run / "report" / "confusion_matrix.png").is_file()
+
+
+def test_public_api_on_the_old_run(old_run, tiny_model_dir, tmp_path):
+    import textlora
+
+    base = str(tiny_model_dir)
+    results = textlora.classify(old_run, ["Stocks rallied as the Fed held rates."], base_model=base)
+    assert results[0]["label"] in json.loads((old_run / "labels.json").read_text())["names"]
+    loaded = textlora.load_run(old_run, device="cpu", base_model=base)
+    assert loaded.label_map.names == ("World", "Sports", "Business", "Sci/Tech")
+    assert textlora.report(old_run).name == "report.md"
+    assert "load_config" in textlora.__all__ and textlora.load_config(None).train.speedups is True
+    metrics = textlora.evaluate(old_run, AGNEWS_SMALL, tmp_path / "eval.json", base_model=base)
+    assert metrics["rows"] == 242 and json.loads((tmp_path / "eval.json").read_text())["rows"] == 242
+    written = textlora.predict(old_run, AGNEWS_SMALL, tmp_path / "submission.csv", base_model=base)
+    assert written["rows"] == 242 and len(_rows(tmp_path / "submission.csv")) == 242

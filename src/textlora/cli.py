@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from textlora.model.speedups import prepare_process
-from textlora.errors import RunFolderError, TextloraError, os_error_message
+from textlora.errors import TextloraError, os_error_message
 
 
 def _int_at_least(minimum: int, why: str = ""):
@@ -55,18 +55,9 @@ def _rank_list(text: str) -> list[int]:
 
 def _data_source(args, run_dir: Path, path: Optional[str] = None):
     """The ``--data`` rows (or ``path``'s), read with the run's training options unless flags override them."""
-    from textlora.config import DataSource, config_from_yaml_file
-    from textlora.run.exported import exported_source, is_exported_folder
+    from textlora.run.load import data_source_like_training
 
-    if is_exported_folder(run_dir):
-        trained = exported_source(run_dir)
-    elif not (run_dir / "config.yaml").is_file():
-        raise RunFolderError(f"{run_dir} is not a run folder (no config.yaml) nor an exported one (no config.json); "
-                             "pass the folder `textlora train` printed or the one `textlora export` wrote")
-    else:
-        trained = config_from_yaml_file(run_dir / "config.yaml").data.train
-    source = DataSource(path=args.data if path is None else path, split=args.split, column_names=trained.column_names,
-                        text_columns=trained.text_columns, label_column=trained.label_column)
+    source = data_source_like_training(run_dir, args.data if path is None else path, args.split)
     if args.header:
         source = replace(source, column_names=None)
     if args.column_names:

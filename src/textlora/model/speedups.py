@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-import torch
+if TYPE_CHECKING:  # the command line imports this module at start: torch is loaded only when a model is
+    import torch
 
 
 @dataclass

@@ -15,11 +15,12 @@ import torch
 from transformers import AutoTokenizer
 
 from textlora.data.batching import tokenize
-from textlora.config import RunConfig, config_from_yaml_file
+from textlora.config import DataSource, RunConfig, config_from_yaml_file
 from textlora.errors import RunFolderError
 from textlora.model.forward import pick_device, predict_proba
 from textlora.model.speedups import apply_speedups
-from textlora.run.exported import is_exported_folder, load_exported
+from textlora.run.exported import exported_source, is_exported_folder, load_exported
+from textlora.run.layout import CONFIG_FILE
 from textlora.data.labels import LabelMap
 from textlora.model.precision import autocast_factory, inference_base_dtype, inference_precision
 from textlora.run.folder import base_model_location
@@ -100,3 +101,16 @@ def _run_base_dtype(run_dir: Path, config: RunConfig) -> str:
 
     written = OmegaConf.load(run_dir / "config.yaml").get("model", {})
     return config.model.base_dtype if "base_dtype" in written else "fp32"
+
+
+def data_source_like_training(run_dir: Path, path: str, split: Optional[str] = None) -> DataSource:
+    """The rows at ``path``, read with the options the run (or exported folder) was trained with."""
+    if is_exported_folder(run_dir):
+        trained = exported_source(run_dir)
+    elif not (run_dir / CONFIG_FILE).is_file():
+        raise RunFolderError(f"{run_dir} is not a run folder (no {CONFIG_FILE}) nor an exported one (no config.json); "
+                             "pass the folder `textlora train` printed or the one `textlora export` wrote")
+    else:
+        trained = config_from_yaml_file(run_dir / CONFIG_FILE).data.train
+    return DataSource(path=path, split=split, column_names=trained.column_names, text_columns=trained.text_columns,
+                      label_column=trained.label_column)
