@@ -79,7 +79,7 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
 def classify(run_dir: Path, texts: Sequence[str], as_json: bool = False, device: str = "auto",
              precision: str = "run", base_model: Optional[str] = None) -> list[dict]:
     """Label and class probabilities for each text, printed and returned (``base_model``: see :func:`predict`)."""
-    from textlora.data.prepare import extract_texts, text_problem
+    from textlora.data.prepare import clean_texts, text_problem
     from textlora.run.load import load_run
 
     if not texts:
@@ -88,10 +88,8 @@ def classify(run_dir: Path, texts: Sequence[str], as_json: bool = False, device:
         problem = text_problem(text)
         if problem:
             raise DataError(f"text {number} {problem}; give UTF-8 text (convert it with iconv -t utf-8)")
-    import pandas as pd
-
     run = load_run(run_dir, device=device, precision=precision, base_model=base_model)
-    cleaned = extract_texts(pd.DataFrame({"text": list(texts)}), ["text"], "classify", run.config.data.clean_backslashes)
+    cleaned = clean_texts(texts, run.config.data.clean_backslashes, "classify")
     probs, _ = run.probabilities(cleaned)
     names = run.label_map.names
     results = []

@@ -6,7 +6,7 @@ Everything that is dropped or changed is counted in the returned report and prin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -63,20 +63,41 @@ def extract_texts(frame: pd.DataFrame, text_columns: list[str], where: str, clea
     try:
         parts = [frame[c].map(_cell_text) for c in text_columns]
         texts = parts[0] if len(parts) == 1 else pd.Series([" ".join(p for p in row if p) for row in zip(*parts)])
-        if clean_backslashes:
-            # AG News marks line breaks with a lone backslash ("dwindling\band"); a space is what was meant.
-            texts = texts.str.replace("\\", " ", regex=False)
-        texts = [" ".join(t.split()) for t in texts]
+        texts = [_clean_text(t, clean_backslashes) for t in texts]
     except UnicodeEncodeError:  # pandas' Arrow strings refuse a cell that is no text: find its row, named below
         texts = [" ".join(map(_cell_text, row)) for row in zip(*(frame[c].tolist() for c in text_columns))]
         if not any(map(text_problem, texts)):
             raise
+    _refuse_non_text(texts, where, name_row)
+    return texts
+
+
+def clean_texts(texts: Iterable[Optional[str]], clean_backslashes: bool, where: str,
+                name_row: Callable[[int], str] = row_name) -> list[str]:
+    """``texts`` normalised as training normalised its data (:func:`extract_texts`): ends stripped, runs of
+    whitespace one space, backslashes spaces with ``clean_backslashes``; None is an empty text.
+
+    Raises:
+        DataError: a text is not valid Unicode (:func:`text_problem`), naming ``where`` and its row.
+    """
+    cleaned = [_clean_text(_cell_text(text), clean_backslashes) for text in texts]
+    _refuse_non_text(cleaned, where, name_row)
+    return cleaned
+
+
+def _clean_text(text: str, clean_backslashes: bool) -> str:
+    if clean_backslashes:
+        # AG News marks line breaks with a lone backslash ("dwindling\band"); a space is what was meant.
+        text = text.replace("\\", " ")
+    return " ".join(text.split())
+
+
+def _refuse_non_text(texts: list[str], where: str, name_row: Callable[[int], str]) -> None:
     for row, text in enumerate(texts):
         problem = text_problem(text)
         if problem:
             raise DataError(f"{where}: {name_row(row)}: the text {problem}; "
                             "fix or remove that row")
-    return texts
 
 
 def text_problem(text: str) -> Optional[str]:

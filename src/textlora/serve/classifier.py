@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from textlora.data.prepare import clean_texts
 from textlora.errors import RunFolderError
 from textlora.model.precision import precision_name
 
@@ -31,15 +32,6 @@ class Classifier:
     labels: list[str]
     info: dict
     predict: Callable[[list[str]], np.ndarray]
-
-
-def _clean(texts: list[str], clean_backslashes: bool) -> list[str]:
-    """The text normalisation the run was trained with (``data.extract_texts``)."""
-    import pandas as pd
-
-    from textlora.data.prepare import extract_texts
-
-    return extract_texts(pd.DataFrame({"text": texts}), ["text"], "request", clean_backslashes)
 
 
 def load_classifier(path: Path, device: str = "auto", batch_size: int = 32, onnx: bool = False,
@@ -84,7 +76,7 @@ def _from_run(path: Path, device: str, batch_size: int, precision: str = "run",
     clean = run.config.data.clean_backslashes
 
     def predict(texts: list[str]) -> np.ndarray:
-        return run.probabilities(_clean(texts, clean), batch_size)[0]
+        return run.probabilities(clean_texts(texts, clean, "request"), batch_size)[0]
 
     return Classifier(list(run.label_map.names), info, predict)
 
@@ -129,6 +121,6 @@ def _from_export(path: Path, device: str, batch_size: int, onnx: bool = False, p
     clean = run.config.data.clean_backslashes
 
     def predict(texts: list[str]) -> np.ndarray:
-        return run.probabilities(_clean(texts, clean), batch_size)[0]
+        return run.probabilities(clean_texts(texts, clean, "request"), batch_size)[0]
 
     return Classifier(list(run.label_map.names), info, predict)
