@@ -13,13 +13,29 @@ import numpy as np
 import torch
 
 from textlora.data.batching import Tokenized, make_loader
+from textlora.errors import ConfigError
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def pick_device(name: str = "auto", key: Optional[str] = None) -> torch.device:
+    """The device ``name`` (``auto``, ``cpu``, ``cuda``, ``mps``) means: ``auto`` is CUDA, else MPS, else CPU.
+
+    Args:
+        key: the setting ``name`` came from (``train.device``); given, a device that is not there is refused.
+    Raises:
+        ConfigError: with ``key``, ``cuda`` or ``mps`` asked for where there is none.
+    """
+    if key and name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}=cuda but no CUDA GPU is visible; use {key}=auto or cpu")
+    if key and name == "mps" and not _mps_available():
+        raise ConfigError(f"{key}=mps but MPS is not available; use {key}=auto or cpu")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(name)

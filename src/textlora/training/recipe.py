@@ -23,10 +23,10 @@ from textlora.config import RunConfig, config_from_yaml_file
 from textlora.data.batching import Tokenized, make_loader
 from textlora.data.prepare import TrainingData, prepare_training_data
 from textlora.data.token_cache import tokenize_cached
-from textlora.errors import ConfigError, RunFolderError
+from textlora.errors import RunFolderError
 from textlora.model.budget import enforce_budget, trainable_breakdown
 from textlora.model.build import build_model, load_tokenizer
-from textlora.model.forward import predict_proba
+from textlora.model.forward import pick_device, predict_proba
 from textlora.model.precision import precision_name, resolve_base_dtype, resolve_precision
 from textlora.model.speedups import Applied, apply_speedups, compile_backend
 from textlora.run.folder import MetricsLog, new_run_dir, with_absolute_paths, write_config, write_json
@@ -38,27 +38,21 @@ from textlora.training import checkpoint as ckpt
 from textlora.training.distributed import prepare_train_loader
 from textlora.training.eval_sets import headline, write_final as write_eval_sets
 from textlora.training.loop import LoopState, TrainLoop, resume_state
-from textlora.training.optim import build_optimizer, build_scheduler
+from textlora.training.optim import build_optimizer, build_scheduler, unused_layer_lrs_note
 from textlora.training.trackers import check_trackers, end_trackers, start_trackers
 
 
 def make_accelerator(config: RunConfig) -> Accelerator:
     """Accelerator for ``train.device`` with the precision ``train.mixed_precision`` resolves to."""
     cfg = config.train
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA GPU is visible; use train.device=auto or cpu")
-    if cfg.device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("train.device=mps but MPS is not available; use train.device=auto or cpu")
-    use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()
-                                      and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()))
-    device_type = "cpu" if use_cpu else ("cuda" if torch.cuda.is_available() else "mps")
+    device_type = pick_device(cfg.device, "train.device").type
     precision = resolve_precision(cfg.mixed_precision, device_type)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     # accelerate keeps one precision per process and refuses another: a notebook that ran Trainer, or
     # an earlier run in a sweep, has set one. Only that state is dropped; the process group is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=precision, cpu=use_cpu, dynamo_backend=compile_backend(config))
+    return Accelerator(mixed_precision=precision, cpu=device_type == "cpu", dynamo_backend=compile_backend(config))
 
 
 @dataclass
@@ -148,6 +142,8 @@ def setup(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
 
     trained_modules = built.head_modules + built.fresh_modules
     optimizer = build_optimizer(built.model, config.optim, trained_modules, accelerator.device.type)
+    if (note := unused_layer_lrs_note(built.model, config.optim, trained_modules)) and main:
+        print(note)
     model, optimizer = accelerator.prepare(built.model, optimizer)
     speed = apply_speedups(accelerator.unwrap_model(model), config, accelerator.device, training=True,
                            tokens=(train_tokens, val_tokens, *set_tokens.values()), pad_id=tokenizer.pad_token_id,
