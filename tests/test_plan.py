@@ -1,6 +1,7 @@
 """`textlora plan` and light heads: exact counts (shipped configs included), YAML that trains, heads that reload."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from textlora.model.budget import count_model
 from textlora.cli import main
 from textlora.config import ModelConfig, load_config
-from textlora.commands.plan import enumerate_candidates, layer_ranges
+from textlora.commands.plan import enumerate_candidates, layer_ranges, plan
 
 from .conftest import AGNEWS_SMALL, REPO, write_tiny_config
 from .report_helpers import tiny_bert_without_pooler_dir, tiny_roberta_dir, tiny_yaml
@@ -197,3 +198,17 @@ def test_plan_output_never_replaces_its_config(tiny_model_dir, tmp_path, capsys)
     assert main(["plan", "--budget", "100000", "--config", str(config), "--output", str(config)]) == 2
     err = capsys.readouterr().err
     assert f"--output {config} is the input {config}" in err and config.read_text() == before
+
+
+@pytest.mark.parametrize("pick", [1, 2, 5])
+def test_plans_pick_counts_as_built_and_its_yaml_loads_back(pick, tmp_path, capsys):
+    """What plan once checked at run time: the pick, built for real on the meta device and counted by the
+    train-time code path, has the total plan printed, and the printed YAML loads as the picked config."""
+    planned = tmp_path / "planned.yaml"
+    ranked = plan(1_000_000, ranks=(2, 4), pick=pick, output=planned)
+    capsys.readouterr()
+    chosen = ranked[pick - 1]
+    expected = chosen.model_config(replace(ModelConfig(), max_trainable_params=1_000_000))
+    breakdown, _ = count_model(expected, num_labels=4)
+    assert breakdown.total == chosen.total
+    assert load_config(planned).model == expected

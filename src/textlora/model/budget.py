@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Optional
+from itertools import product
+from typing import Iterable, Optional, Sequence
 
 import torch
-from peft.tuners.tuners_utils import check_target_module_exists
 
 from textlora.config import ModelConfig
 from textlora.errors import BudgetError, ConfigError
 from textlora.data.labels import LabelMap
-from textlora.model.build import LAYER_PATTERN, BuiltModel, build_counting_twin, build_model, lora_config, module_path
+from textlora.model.build import LAYER_PATTERN, BuiltModel, build_counting_twin, build_model, module_path
+from textlora.model.targets import adapted_linears, matched_types
 
 
 @dataclass
@@ -100,14 +101,30 @@ def lora_params_for(base: torch.nn.Module, cfg: ModelConfig) -> int:
 
     ``base`` may already carry LoRA layers: those wrap the Linear as ``base_layer``.
     """
-    config = lora_config(cfg, [])
-    total = 0
-    for name, module in base.named_modules():
-        linear = getattr(module, "base_layer", module)
-        if isinstance(linear, torch.nn.Linear) and not name.endswith("base_layer") \
-                and check_target_module_exists(config, name):
-            total += cfg.lora_r * (linear.in_features + linear.out_features)
-    return total
+    return sum(cfg.lora_r * (linear.in_features + linear.out_features) for _, linear in adapted_linears(base, cfg))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where LoRA goes: target modules and layers, what they adapt, and the LoRA parameters per unit of rank."""
+
+    target_modules: tuple[str, ...]
+    layers: Optional[str]
+    matched: str
+    """The module types adapted in each layer, short names in role order (``q,v``)."""
+    per_rank: int
+    """LoRA parameters at r=1; LoRA is linear in r: r * (in + out) per adapted Linear."""
+
+
+def placements(base: torch.nn.Module, cfg: ModelConfig, target_sets: Iterable[Sequence[str]],
+               layer_ranges: Iterable[Optional[str]]) -> list[Placement]:
+    """The search both ``plan`` and the over-budget suggestions make: each (targets, layers) combination, in
+    order, counted exactly on ``base``; ranks are then a multiple of :attr:`Placement.per_rank`."""
+    found = []
+    for targets, layers in product(target_sets, list(layer_ranges)):
+        probe = replace(cfg, lora_r=1, target_modules=list(targets), layers=layers)
+        found.append(Placement(tuple(targets), layers, matched_types(base, probe), lora_params_for(base, probe)))
+    return found
 
 
 def nearest_fits(cfg: ModelConfig, built: BuiltModel, non_lora: int, limit: int = 5) -> list[tuple[ModelConfig, int]]:
@@ -119,22 +136,17 @@ def nearest_fits(cfg: ModelConfig, built: BuiltModel, non_lora: int, limit: int 
     base = built.model.get_base_model()
     cfg = replace(cfg, target_modules=list(built.target_modules or cfg.target_modules))
     num_layers = getattr(base.config, "num_hidden_layers", 12)
-    candidates: list[ModelConfig] = []
-    for r in (32, 16, 8, 4, 2, 1):
-        if r < cfg.lora_r:
-            candidates.append(replace(cfg, lora_r=r))
-    current = cfg.layer_indices() or list(range(num_layers))
-    for keep in range(len(current) - 1, 0, -1):
-        candidates.append(replace(cfg, layers=f"{current[-keep]}-{current[-1]}"))
     targets = list(cfg.target_modules)
-    if len(targets) > 1:
-        for dropped in targets:
-            candidates.append(replace(cfg, target_modules=[t for t in targets if t != dropped]))
-    fits = []
-    for candidate in candidates:
-        total = non_lora + lora_params_for(base, candidate)
-        if total <= cfg.max_trainable_params:
-            fits.append((candidate, total))
+    current = cfg.layer_indices() or list(range(num_layers))
+    fewer_layers = [f"{current[-keep]}-{current[-1]}" for keep in range(len(current) - 1, 0, -1)]
+    dropped = [[t for t in targets if t != drop] for drop in targets] if len(targets) > 1 else []
+    (here,) = placements(base, cfg, [targets], [cfg.layers])
+    candidates = [(replace(cfg, lora_r=r), r * here.per_rank) for r in (32, 16, 8, 4, 2, 1) if r < cfg.lora_r]
+    for place in placements(base, cfg, [targets], fewer_layers) + placements(base, cfg, dropped, [cfg.layers]):
+        candidates.append((replace(cfg, layers=place.layers, target_modules=list(place.target_modules)),
+                           cfg.lora_r * place.per_rank))
+    fits = [(candidate, non_lora + lora) for candidate, lora in candidates
+            if non_lora + lora <= cfg.max_trainable_params]
     if cfg.head != "linear":
         light = _linear_head_total(cfg, built)
         if light is not None and light[1] <= cfg.max_trainable_params:

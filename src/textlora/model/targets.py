@@ -15,10 +15,12 @@ listing the model's names. ``plan`` and the over-budget suggestions build their 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional, Sequence
 
 import torch
 
+from textlora.config import ModelConfig
 from textlora.errors import ConfigError
 
 ROLES = ("query", "key", "value", "attention-output", "ffn-in", "ffn-out")
@@ -40,10 +42,40 @@ def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
+def linear_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
+    """``(full name, Linear)`` for each Linear module of the model; one LoRA wraps counts once, under its own
+    name, with the Linear it wraps (its ``base_layer``)."""
+    found = []
+    for name, module in model.named_modules():
+        linear = getattr(module, "base_layer", module)
+        if isinstance(linear, torch.nn.Linear) and not name.endswith("base_layer"):
+            found.append((name, linear))
+    return found
+
+
 def _linear_names(model: torch.nn.Module) -> list[str]:
-    """Full names of the model's Linear modules (a LoRA-wrapped one counts once, under its own name)."""
-    return [name for name, module in model.named_modules()
-            if isinstance(getattr(module, "base_layer", module), torch.nn.Linear) and not name.endswith("base_layer")]
+    return [name for name, _ in linear_modules(model)]
+
+
+def adapted_linears(model: torch.nn.Module, cfg: ModelConfig) -> list[tuple[str, torch.nn.Linear]]:
+    """The ``(full name, Linear)`` pairs LoRA with ``cfg`` adapts in ``model`` (``model.target_modules`` in the
+    layers of ``model.layers``), matched by peft itself, as training will match them."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    from textlora.model.build import lora_config
+
+    config = lora_config(cfg, [])
+    return [(name, linear) for name, linear in linear_modules(model) if check_target_module_exists(config, name)]
+
+
+def matched_types(model: torch.nn.Module, cfg: ModelConfig) -> str:
+    """Short names of the module types ``cfg.target_modules`` adapts in one layer, in role order (``q,v``)."""
+    from textlora.model.build import LAYER_PATTERN, layer_index
+
+    found = [short_name(name[LAYER_PATTERN.search(name).end():])
+             for name, _ in adapted_linears(model, replace(cfg, layers=None)) if layer_index(name) == 0]
+    order = list(SHORT.values())
+    return ",".join(sorted(found, key=lambda s: order.index(s) if s in order else len(order)))
 
 
 def layer_linears(model: torch.nn.Module) -> list[str]:
