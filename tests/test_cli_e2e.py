@@ -24,6 +24,17 @@ def trained_run(tiny_config_yaml, tmp_path):
     return tmp_path / "runs" / "tiny"
 
 
+def test_train_log_names_layer_lrs_that_set_no_learning_rate(tiny_config_yaml, capsys):
+    # LoRA on layer 1 only: the layer-0 LR (as S2's "0-3"/"4-7" with LoRA on 8-11) has nothing to apply to.
+    argv = ["train", "--config", str(tiny_config_yaml), "model.layers=1", "optim.layer_lrs.0-0=1e-5",
+            "optim.layer_lrs.1-1=1e-3", "train.epochs=1", "train.max_steps=1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("[optim]")]
+    assert lines == ["[optim] optim.layer_lrs 0-0: no effect, no trainable parameter takes these learning rates "
+                     "(trainable parameters are only in layers 1; a layer takes the first range that contains it)"]
+
+
 def test_train_writes_a_self_describing_run_folder(trained_run):
     run = trained_run
     for name in ("config.yaml", "labels.json", "budget.json", "data_report.json", "metrics.jsonl", "eval.json",

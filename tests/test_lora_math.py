@@ -11,7 +11,7 @@ from textlora.config import ModelConfig, OptimConfig
 from textlora.errors import BudgetError
 from textlora.data.labels import LabelMap
 from textlora.model.build import build_model
-from textlora.training.optim import build_optimizer, param_groups
+from textlora.training.optim import build_optimizer, param_groups, unused_layer_lrs_note
 
 LABELS = LabelMap(names=("World", "Sports", "Business", "Sci/Tech"), kind="int", base=1)
 
@@ -136,6 +136,23 @@ def test_layer_wise_learning_rates_and_no_decay_on_biases(tiny):
         assert lr == expected_lr, name
         assert decay == (0.0 if name.endswith("bias") else 0.01), name
     assert sum(name.endswith("bias") for name, _ in trainable) == 1  # the classifier's bias
+
+
+def test_layer_lrs_ranges_without_trainable_parameters_are_named(tiny_model_dir, tiny):
+    # S2's shape: LoRA on the last layer only, a layer-wise LR also given for a layer LoRA does not touch.
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir), lora_r=4, lora_alpha=8, target_modules=["query", "value"],
+                      layers="1")
+    built = build_model(cfg, LABELS)
+    trained = built.head_modules + built.fresh_modules
+    optim = OptimConfig(lr=1e-4, layer_lrs={"0-0": 1e-5, "1-1": 3e-4}, head_lr=1e-3)
+    note = unused_layer_lrs_note(built.model, optim, trained)
+    assert note == ("[optim] optim.layer_lrs 0-0: no effect, no trainable parameter takes these learning rates "
+                    "(trainable parameters are only in layers 1; a layer takes the first range that contains it)")
+    # A range shadowed by an earlier one has no effect either; ranges that set some LR are not named.
+    shadowed = OptimConfig(lr=1e-4, layer_lrs={"0-1": 1e-5, "1-1": 3e-4})
+    assert "optim.layer_lrs 1-1:" in unused_layer_lrs_note(tiny.model, shadowed, tiny.head_modules)
+    assert unused_layer_lrs_note(tiny.model, OptimConfig(layer_lrs={"0-0": 1e-5, "1-1": 3e-4}), trained) is None
+    assert unused_layer_lrs_note(built.model, OptimConfig(), trained) is None
 
 
 def test_adamw_is_fused_on_cpu_and_cuda_only_and_steps_like_torchs_loop_version(tiny):

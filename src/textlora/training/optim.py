@@ -42,6 +42,45 @@ def param_groups(model: torch.nn.Module, cfg: OptimConfig, trained_modules: list
             for (lr, decays), params in sorted(groups.items())]
 
 
+def unused_layer_lrs_note(model: torch.nn.Module, cfg: OptimConfig, trained_modules: list[str]) -> str | None:
+    """One train-log line naming the ``optim.layer_lrs`` ranges that set no parameter's LR, or None when all do.
+
+    A range has no effect when none of its layers holds a trainable parameter (S2's ``0-3`` and ``4-7`` with LoRA
+    on layers 8-11 only), or when an earlier range already covers those layers. Head and fresh modules take
+    ``head_lr`` / ``lr`` and never a layer range.
+    """
+    if not cfg.layer_lrs:
+        return None
+    used, layers = set(), set()
+    for name, param in model.named_parameters():
+        path, layer = module_path(name), layer_index(name)
+        if not param.requires_grad or layer is None or any(path.startswith(m + ".") for m in trained_modules):
+            continue
+        layers.add(layer)
+        for spec in cfg.layer_lrs:
+            if layer in parse_layer_range(spec, f"optim.layer_lrs.{spec}"):
+                used.add(spec)
+                break
+    unused = [spec for spec in cfg.layer_lrs if spec not in used]
+    if not unused:
+        return None
+    where = (f"trainable parameters are only in layers {_ranges(sorted(layers))}" if layers
+             else "no encoder layer has trainable parameters")
+    return (f"[optim] optim.layer_lrs {', '.join(unused)}: no effect, no trainable parameter takes these learning "
+            f"rates ({where}; a layer takes the first range that contains it)")
+
+
+def _ranges(layers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    spans: list[list[int]] = []
+    for layer in layers:
+        if spans and layer == spans[-1][1] + 1:
+            spans[-1][1] = layer
+        else:
+            spans.append([layer, layer])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
+
+
 # Devices where torch (>= 2.4) has a fused AdamW kernel for every version textlora supports.
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
