@@ -29,6 +29,7 @@ from textlora.run.files import check_output_folder, folder_written_whole
 from textlora.errors import TextloraError
 from textlora.run.exported import run_info
 from textlora.run.exported import EXPORT_INFO
+from textlora.run.layout import CONFIG_FILE
 
 # Heads that the stock AutoModelForSequenceClassification class builds itself; anything else
 # (e.g. a light `linear` head) has no stock class to load into.
@@ -79,8 +80,8 @@ def export(run_dir: Path, out_dir: Path, onnx: bool = False, force: bool = False
     from textlora.run.load import load_run
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if (run_dir / "config.yaml").is_file():
-        check_exportable_head(config_from_yaml_file(run_dir / "config.yaml"), run_dir)
+    if (run_dir / CONFIG_FILE).is_file():
+        check_exportable_head(config_from_yaml_file(run_dir / CONFIG_FILE), run_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"--out {out_dir} is a file; give the path of a folder to create")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from textlora.config import load_config
 from textlora.errors import ConfigError
+from textlora.run.layout import CHECKPOINTS_DIR, CONFIG_FILE, SUMMARY_FILE
 
 
 def split_values(text: str) -> list[str]:
@@ -56,7 +57,7 @@ def _trained_otherwise(run_dir: Path, planned) -> dict:
     from textlora.config import config_from_yaml_file
     from textlora.run.folder import with_absolute_paths
 
-    saved = config_from_yaml_file(run_dir / "config.yaml")
+    saved = config_from_yaml_file(run_dir / CONFIG_FILE)
     return key_differences([OmegaConf.to_container(OmegaConf.structured(c)) for c in (saved, with_absolute_paths(planned))])
 
 
@@ -91,7 +92,7 @@ def sweep(config_path: Path, grid_items: Sequence[str], overrides: Sequence[str]
         plans.append((Path(config.train.output_dir) / name, config))
     for run_dir, config in plans:
         # A folder kept or resumed from an earlier sweep must be this run: else the comparison would be wrong.
-        if (run_dir / "config.yaml").is_file() and (differences := _trained_otherwise(run_dir, config)):
+        if (run_dir / CONFIG_FILE).is_file() and (differences := _trained_otherwise(run_dir, config)):
             shown = "; ".join(f"{k}: {saved!r} there, {planned!r} now" for k, (saved, planned) in differences.items())
             raise ConfigError(f"{run_dir} holds a run of another configuration ({shown}); move or delete it, or set "
                               f"train.output_dir (or train.run_name) so that this sweep writes elsewhere")
@@ -99,9 +100,9 @@ def sweep(config_path: Path, grid_items: Sequence[str], overrides: Sequence[str]
     run_dirs = []
     for number, (run_dir, config) in enumerate(plans, start=1):
         print(f"\n[sweep] run {number}/{len(plans)}: {run_dir}")
-        if (run_dir / "summary.json").is_file():
+        if (run_dir / SUMMARY_FILE).is_file():
             print(f"[sweep] {run_dir} is finished already; kept")
-        elif (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        elif (run_dir / CHECKPOINTS_DIR).is_dir() and any((run_dir / CHECKPOINTS_DIR).iterdir()):
             train(None, resume=run_dir)
         else:
             train(config, config_name=config_path.stem)

@@ -96,7 +96,9 @@ class LabelMap:
 
     @classmethod
     def load(cls, path: Path) -> "LabelMap":
-        data = json.loads(path.read_text())
+        from textlora.run.files import read_json
+
+        data = read_json(path)
         return cls(names=tuple(data["names"]), kind=data["kind"], base=data.get("base"))
 
 

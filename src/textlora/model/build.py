@@ -31,6 +31,7 @@ from textlora.model.heads import apply_head
 from textlora.data.labels import LabelMap
 from textlora.model.precision import BASE_DTYPES
 from textlora.model.targets import mapping_note, resolve_targets
+from textlora.run.layout import ADAPTER_DIR, CONFIG_FILE
 
 # Architecture configs shipped with textlora so that `params` and `plan` count roberta-base
 # offline; they describe shapes only (no weights), copied verbatim from the model's config.json.
@@ -359,7 +360,7 @@ def load_trained_model(run_dir: Path, base_name_or_path: str, label_map: LabelMa
     run's speedups are applied by the caller (``run.load.load_run``), as in training. ``base_dtype`` is the frozen base's
     storage dtype; the head and LoRA are loaded in fp32 as they were trained.
     """
-    adapter_dir = run_dir / "adapter"
+    adapter_dir = run_dir / ADAPTER_DIR
     if not (adapter_dir / "adapter_config.json").is_file() or not (adapter_dir / "adapter_model.safetensors").is_file():
         raise RunFolderError(f"run folder {run_dir} has no adapter (expected {adapter_dir}/adapter_config.json and "
                              "adapter_model.safetensors); train the run to completion or pick another run")
@@ -387,5 +388,5 @@ def _run_model_config(run_dir: Path) -> ModelConfig:
     """The ``model`` section a run was trained with (defaults for settings newer than the run)."""
     from textlora.config import config_from_yaml_file
 
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG_FILE
     return config_from_yaml_file(path).model if path.is_file() else ModelConfig()

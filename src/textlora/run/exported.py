@@ -15,6 +15,8 @@ from typing import Optional
 from textlora.config import DataConfig, DataSource, ModelConfig, RunConfig, TrainConfig
 from textlora.errors import RunFolderError
 from textlora.data.labels import LabelMap
+from textlora.run.files import read_json
+from textlora.run.layout import CONFIG_FILE, SUMMARY_FILE
 
 EXPORT_INFO = "textlora.json"
 """What ``textlora export`` writes beside the model: base model, labels, how the run read its data, metrics."""
@@ -23,7 +25,7 @@ EXPORT_INFO = "textlora.json"
 def is_exported_folder(path: Path) -> bool:
     """A Hugging Face model folder (``config.json``) that is not a run folder (``config.yaml``)."""
     path = Path(path)
-    return (path / "config.json").is_file() and not (path / "config.yaml").is_file()
+    return (path / "config.json").is_file() and not (path / CONFIG_FILE).is_file()
 
 
 def export_info(path: Path) -> dict:
@@ -95,7 +97,7 @@ def load_exported(path: Path, device: str = "auto", precision: str = "run", base
 
 def run_info(run_dir: Path, config, label_map) -> dict:
     """What ``textlora serve`` reports at ``/v1/model``: base model, labels, budget, metrics."""
-    summary = _read_json(run_dir / "summary.json")
+    summary = read_json(run_dir / SUMMARY_FILE, required=False, damaged_ok=True)
     metrics = {key: summary[key] for key in ("validation_accuracy", "test_accuracy", "best_metric", "best_value",
                                              "best_step") if summary.get(key) is not None}
     return {
@@ -111,10 +113,3 @@ def run_info(run_dir: Path, config, label_map) -> dict:
         # The run's setting (e.g. auto), resolved where the model runs: serving an export computes like the run.
         "mixed_precision": config.train.mixed_precision,
     }
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError:
-        return {}

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from textlora.errors import WriteError, os_error_message
+from textlora.errors import RunFolderError, WriteError, os_error_message
 
 
 @contextlib.contextmanager
@@ -147,3 +147,25 @@ def folder_written_whole(output: Path, marker: str, flag: str, own: Callable[[st
         yield tmp
         (tmp / OUTPUT_LIST).write_text(json.dumps(sorted(path.name for path in tmp.iterdir())) + "\n")
         replace_dir(tmp, output)
+
+
+def read_json(path: Path, required: bool = True, damaged_ok: bool = False) -> dict:
+    """The JSON in a run folder's file ``path``.
+
+    Args:
+        required: a missing file is an error; otherwise it reads as ``{}``.
+        damaged_ok: a file that is not valid JSON reads as ``{}`` (for files that only add information).
+    Raises:
+        RunFolderError: the file is missing (and ``required``) or not valid JSON; the message names it.
+    """
+    if not path.is_file():
+        if required:
+            raise RunFolderError(f"{path.parent} has no {path.name}; pass a finished run folder "
+                                 "(the one `textlora train` printed)")
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        if damaged_ok:
+            return {}
+        raise RunFolderError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from None

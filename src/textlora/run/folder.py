@@ -27,6 +27,7 @@ from pathlib import Path
 from textlora.run.files import atomic_write_text
 from textlora.config import RunConfig, config_to_yaml
 from textlora.errors import ConfigError
+from textlora.run.layout import ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE
 
 
 def _absolute_if_local(path: str) -> str:
@@ -129,7 +130,7 @@ def new_run_dir(config: RunConfig, config_name: str) -> Path:
     """Create ``output_dir/run_name`` (default ``<config name>-<timestamp>``); refuse to reuse a finished run."""
     name = config.train.run_name or f"{config_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(config.train.output_dir) / name
-    if (run_dir / "adapter").exists() or (run_dir / "checkpoints").exists():
+    if (run_dir / ADAPTER_DIR).exists() or (run_dir / CHECKPOINTS_DIR).exists():
         raise ConfigError(f"run folder {run_dir} already holds a run; choose another train.run_name "
                           f"or continue it with `textlora train --resume {run_dir}`")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +142,7 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def write_config(run_dir: Path, config: RunConfig) -> None:
-    atomic_write_text(run_dir / "config.yaml", config_to_yaml(config))
+    atomic_write_text(run_dir / CONFIG_FILE, config_to_yaml(config))
 
 
 class MetricsLog:

@@ -20,7 +20,7 @@ from textlora.errors import RunFolderError
 from textlora.model.forward import pick_device, predict_proba
 from textlora.model.speedups import apply_speedups
 from textlora.run.exported import exported_source, is_exported_folder, load_exported
-from textlora.run.layout import CONFIG_FILE
+from textlora.run.layout import CONFIG_FILE, LABELS_FILE, TOKENIZER_DIR
 from textlora.data.labels import LabelMap
 from textlora.model.precision import autocast_factory, inference_base_dtype, inference_precision
 from textlora.run.folder import base_model_location
@@ -71,12 +71,12 @@ def load_run(run_dir: Path, device: str = "auto", merge: bool = True, precision:
         raise RunFolderError(f"run folder {run_dir} does not exist; pass the folder that `textlora train` printed")
     if is_exported_folder(run_dir):  # `textlora export`'s folder (or any Hugging Face classifier folder)
         return load_exported(run_dir, device, precision, base_model)
-    for name in ("config.yaml", "labels.json"):
+    for name in (CONFIG_FILE, LABELS_FILE):
         if not (run_dir / name).is_file():
             raise RunFolderError(f"run folder {run_dir} has no {name}; pass a run folder that `textlora train` wrote")
-    config = config_from_yaml_file(run_dir / "config.yaml")
-    label_map = LabelMap.load(run_dir / "labels.json")
-    tokenizer_dir = run_dir / "tokenizer"
+    config = config_from_yaml_file(run_dir / CONFIG_FILE)
+    label_map = LabelMap.load(run_dir / LABELS_FILE)
+    tokenizer_dir = run_dir / TOKENIZER_DIR
     if not tokenizer_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} has no tokenizer/ folder")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -99,7 +99,7 @@ def _run_base_dtype(run_dir: Path, config: RunConfig) -> str:
     """The run's ``model.base_dtype``; ``fp32`` for runs trained before the setting existed (their base was fp32)."""
     from omegaconf import OmegaConf
 
-    written = OmegaConf.load(run_dir / "config.yaml").get("model", {})
+    written = OmegaConf.load(run_dir / CONFIG_FILE).get("model", {})
     return config.model.base_dtype if "base_dtype" in written else "fp32"
 
 

@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from textlora.run.files import atomic_write_text
+from textlora.run.files import atomic_write_text, read_json
 from textlora.errors import RunFolderError
 from textlora.run.layout import EVAL_SETS_DIR, PREDICTIONS_DIR  # noqa: F401 (also imported from here)
+from textlora.run.layout import (ADAPTER_DIR, BUDGET_FILE, CONFIG_FILE, DATA_REPORT_FILE, EVAL_FILE, LABELS_FILE,
+                                 METRICS_FILE, SUMMARY_FILE, TEST_EVAL_FILE)
 
 """Folder of the run (and of ``predictions/``) holding one file per ``data.eval_sets`` set."""
 
@@ -80,7 +82,7 @@ class RunData:
     """``{name: DataFrame}`` from predictions/eval_sets/NAME.csv (those present)."""
 
     def adapter_bytes(self) -> int:
-        return folder_bytes(self.path / "adapter")
+        return folder_bytes(self.path / ADAPTER_DIR)
 
     def probabilities(self, split: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
         """True class ids ``[N]`` and probabilities ``[N, K]`` of ``split``, or None when not saved."""
@@ -88,18 +90,6 @@ class RunData:
         if frame is None:
             return None
         return frame["label"].to_numpy(), frame[[f"prob_{n}" for n in self.labels]].to_numpy()
-
-
-def _read_json(path: Path, required: bool = True) -> dict:
-    if not path.is_file():
-        if required:
-            raise RunFolderError(f"{path.parent} has no {path.name}; pass a finished run folder "
-                                 "(the one `textlora train` printed)")
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunFolderError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from None
 
 
 def _read_metrics(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -134,15 +124,15 @@ def load_run_data(run_dir: Path) -> RunData:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} does not exist; pass the folder that `textlora train` printed")
-    labels = _read_json(run_dir / "labels.json")["names"]
-    train_log, eval_log = _read_metrics(run_dir / "metrics.jsonl")
-    config_path = run_dir / "config.yaml"
+    labels = read_json(run_dir / LABELS_FILE)["names"]
+    train_log, eval_log = _read_metrics(run_dir / METRICS_FILE)
+    config_path = run_dir / CONFIG_FILE
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    run = RunData(path=run_dir, name=run_dir.name, summary=_read_json(run_dir / "summary.json"),
-                  budget=_read_json(run_dir / "budget.json"), data_report=_read_json(run_dir / "data_report.json", False),
+    run = RunData(path=run_dir, name=run_dir.name, summary=read_json(run_dir / SUMMARY_FILE),
+                  budget=read_json(run_dir / BUDGET_FILE), data_report=read_json(run_dir / DATA_REPORT_FILE, False),
                   labels=labels, train_log=train_log, eval_log=eval_log, config=config or {})
-    for split, file in (("validation", "eval.json"), ("test", "test_eval.json")):
-        metrics = _read_json(run_dir / file, required=False)
+    for split, file in (("validation", EVAL_FILE), ("test", TEST_EVAL_FILE)):
+        metrics = read_json(run_dir / file, required=False)
         if metrics:
             run.evals[split] = metrics
         predictions = run_dir / PREDICTIONS_DIR / f"{split}.csv"
@@ -152,7 +142,7 @@ def load_run_data(run_dir: Path) -> RunData:
     for file in sorted((run_dir / EVAL_SETS_DIR).glob("*.json"),
                        key=lambda f: (order.index(f.stem) if f.stem in order else len(order), f.stem)):
         name = file.stem
-        run.set_evals[name] = _read_json(file)
+        run.set_evals[name] = read_json(file)
         predictions = run_dir / PREDICTIONS_DIR / EVAL_SETS_DIR / f"{name}.csv"
         if predictions.is_file():
             run.set_predictions[name] = pd.read_csv(predictions, keep_default_na=False)

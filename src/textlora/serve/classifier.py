@@ -17,6 +17,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from textlora.data.prepare import clean_texts
 from textlora.errors import RunFolderError
 from textlora.model.precision import precision_name
+from textlora.run.layout import ADAPTER_DIR, CONFIG_FILE
 
 
 @dataclass
@@ -49,7 +50,7 @@ def load_classifier(path: Path, device: str = "auto", batch_size: int = 32, onnx
     if not path.is_dir():
         raise RunFolderError(f"{path} does not exist; pass a run folder (from `textlora train`) or an exported "
                              "model folder (from `textlora export`)")
-    if (path / "config.yaml").is_file() and (path / "adapter").is_dir():
+    if (path / CONFIG_FILE).is_file() and (path / ADAPTER_DIR).is_dir():
         if onnx:
             raise RunFolderError(f"--onnx serves an exported folder's model.onnx; {path} is a run folder. Export it "
                                  f"first: textlora export {path} --out DIR --onnx")

@@ -24,6 +24,7 @@ from textlora.model.forward import predict_proba
 from textlora.training.interrupts import DeferredInterrupt
 from textlora.model.forward import classifier_logits
 from textlora.run.folder import MetricsLog
+from textlora.run.layout import ADAPTER_DIR, CHECKPOINTS_DIR
 
 
 @dataclass
@@ -49,7 +50,7 @@ class LoopState:
 
 
 def resume_state(run_dir: Path, model, optimizer, scheduler, log: MetricsLog) -> LoopState:
-    folder = ckpt.latest_valid(run_dir / "checkpoints")
+    folder = ckpt.latest_valid(run_dir / CHECKPOINTS_DIR)
     if folder is None:
         raise RunFolderError(f"cannot resume {run_dir}: it has no complete checkpoint; start the run again")
     loop = ckpt.load_checkpoint(folder, model, optimizer, scheduler)
@@ -63,7 +64,7 @@ def resume_state(run_dir: Path, model, optimizer, scheduler, log: MetricsLog) ->
 def _best_weights(run_dir: Path, state: LoopState) -> dict:
     from safetensors.torch import load_file
 
-    best = run_dir / "checkpoints" / f"step-{state.best_step:07d}" / "trainable.safetensors"
+    best = run_dir / CHECKPOINTS_DIR / f"step-{state.best_step:07d}" / "trainable.safetensors"
     return load_file(str(best)) if best.is_file() else {}
 
 
@@ -237,7 +238,7 @@ class TrainLoop:
             with removed_on_failure(tmp, f"the adapter in {self.run_dir}",
                                          f"continue with `textlora train --resume {self.run_dir}`"):
                 self.accelerator.unwrap_model(self.model).save_pretrained(tmp)
-                replace_dir(tmp, self.run_dir / "adapter")
+                replace_dir(tmp, self.run_dir / ADAPTER_DIR)
 
     def _checkpoint(self) -> None:
         self._sync_counters()
@@ -249,7 +250,7 @@ class TrainLoop:
         loop_state["wall_seconds"] = self.wall_seconds()
         if loop_state["batches_done"] >= len(self.loader):  # a finished epoch resumes at the next one
             loop_state["epoch"], loop_state["batches_done"] = state.epoch + 1, 0
-        root = self.run_dir / "checkpoints"
+        root = self.run_dir / CHECKPOINTS_DIR
         ckpt.save_checkpoint(root / f"step-{state.step:07d}", self.accelerator.unwrap_model(self.model),
                              self.optimizer, self.scheduler, loop_state)
         ckpt.prune(root, self.cfg.keep_last, root / f"step-{state.best_step:07d}")
