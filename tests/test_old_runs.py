@@ -59,7 +59,7 @@ def test_old_run_evaluates_and_reports(old_run, tiny_model_dir, tmp_path):
     assert main(["report", str(old_run)]) == 0
     report = (old_run / "report" / "report.md").read_text()
     assert "run-2026-12-03" in report or "accuracy" in report
-    assert (old_run / "report" / "confusion_matrix.png").is_file()
+    assert (old_run / "report" / "confusion_matrix_validation.png").is_file()
 
 
 def test_public_api_on_the_old_run(old_run, tiny_model_dir, tmp_path):

@@ -13,8 +13,9 @@ from textlora.commands.report import hardest_errors
 
 from .report_helpers import tiny_yaml
 
-FIGURES = ("class_distribution.png", "length_distribution.png", "training_curves.png", "confusion_matrix.png",
-           "per_class_accuracy.png", "roc_curves.png", "budget.png")
+FIGURES = ("class_distribution.png", "length_distribution.png", "training_curves.png", "budget.png",
+           *(f"{name}_{split}.png" for split in ("test", "validation")
+             for name in ("confusion_matrix", "per_class_accuracy", "roc_curves")))
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,29 @@ def test_training_writes_the_report_with_every_figure_and_its_numbers(run):
     assert "adapter on disk" in text and adapter > 0
 
 
+def test_report_draws_the_validation_split_too_each_figure_named_after_its_split(run):
+    # S1 drew its confusion matrix and ROC curves on its evaluation split: the report has them for validation
+    # as well as for test, in files and sections that say which split.
+    text = (run / "report" / "report.md").read_text()
+    assert not (run / "report" / "confusion_matrix.png").exists() and not (run / "report" / "roc_curves.png").exists()
+    validation = json.loads((run / "eval.json").read_text())
+    test_section = text.index("## Evaluation on the test split (242 rows)")
+    section = text.index("## Evaluation on the validation split (40 rows)")
+    assert test_section < section
+    body = text[section:text.index("\n## ", section + 1)]
+    for name in ("confusion_matrix", "per_class_accuracy", "roc_curves"):
+        assert f"({name}_validation.png)" in body, name
+        assert f"({name}_test.png)" not in body, name
+        assert (run / "report" / f"{name}_validation.png").read_bytes() != \
+            (run / "report" / f"{name}_test.png").read_bytes(), name
+    for name, row in validation["per_class"].items():  # the validation table holds eval.json's numbers
+        auc = f"{row['roc_auc']:.4f}" if row.get("roc_auc") is not None else "n/a"
+        assert f"| {name} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {auc} |" in body, name
+    predictions = pd.read_csv(run / "predictions" / "validation.csv", keep_default_na=False)
+    wrong = int((predictions["label"] != predictions["pred"]).sum())
+    assert f"Hardest misclassified examples (validation: {wrong:,} errors" in body
+
+
 def test_report_command_redraws_from_the_folder_and_degrades_without_predictions(run, tmp_path, capsys):
     import shutil
 
@@ -96,8 +120,10 @@ def test_report_command_redraws_from_the_folder_and_degrades_without_predictions
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "report", "predictions"))
     assert main(["report", str(copy)]) == 0
     text = (copy / "report" / "report.md").read_text()
-    assert "No predictions/test.csv" in text and not (copy / "report" / "roc_curves.png").exists()
-    _png(copy / "report" / "confusion_matrix.png")
+    assert "No predictions/test.csv" in text and "No predictions/validation.csv" in text
+    assert not list((copy / "report").glob("roc_curves*.png"))
+    _png(copy / "report" / "confusion_matrix_test.png")
+    _png(copy / "report" / "confusion_matrix_validation.png")
     assert not (copy / "report.tmp").exists()
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -113,6 +139,8 @@ def test_sweep_trains_the_grid_and_compares(tiny_model_dir, tmp_path, capsys):
     assert "rmsprop" in (runs[1] / "config.yaml").read_text()
     out = tmp_path / "runs" / "s-sweep"
     _png(out / "curves.png")
+    _png(out / "curves_by_epoch.png")  # S2's view: the same curves against epochs
+    assert (out / "curves_by_epoch.png").read_bytes() != (out / "curves.png").read_bytes()
     compared = json.loads((out / "compare.json").read_text())
     assert [r["run"] for r in compared["runs"]] == ["s-name=adamw", "s-name=rmsprop"]
     for row, folder in zip(compared["runs"], runs):
@@ -120,10 +148,17 @@ def test_sweep_trains_the_grid_and_compares(tiny_model_dir, tmp_path, capsys):
         assert row["validation_accuracy"] == summary["validation_accuracy"]
         assert row["test_accuracy"] == summary["test_accuracy"]
         assert row["trainable_params"] == summary["trainable_params"] == 1156
+        # Validation loss: the kept model's (eval.json), the last evaluation's and the lowest (metrics.jsonl).
+        evals = [r for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+        assert row["validation_loss"] == json.loads((folder / "eval.json").read_text())["loss"]
+        assert row["final_validation_loss"] == evals[-1]["loss"]
+        assert row["min_validation_loss"] == min(r["loss"] for r in evals)
     assert compared["differences"] == {"optim.name": ["adamw", "rmsprop"]}
     text = (out / "compare.md").read_text()
     assert "| `optim.name` | `adamw` | `rmsprop` |" in text
     assert f"{compared['runs'][0]['validation_accuracy']:.4f}" in text
+    assert "| val loss | final val loss | min val loss |" in text and "(curves_by_epoch.png)" in text
+    assert f"| {compared['runs'][1]['min_validation_loss']:.4f} |" in text
 
     capsys.readouterr()
     assert main(argv) == 0  # a second sweep keeps the finished runs

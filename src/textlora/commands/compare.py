@@ -49,15 +49,31 @@ def config_differences(runs: Sequence[RunData]) -> dict:
     return key_differences([_resolved(run) for run in runs])
 
 
+def _eval_losses(run: RunData) -> tuple[Optional[float], Optional[float]]:
+    """Validation loss of the last evaluation and the lowest of all evaluations in metrics.jsonl."""
+    if run.eval_log.empty or "loss" not in run.eval_log:
+        return None, None
+    losses = run.eval_log["loss"].dropna()
+    return (float(losses.iloc[-1]), float(losses.min())) if len(losses) else (None, None)
+
+
 def summary_rows(runs: Sequence[RunData]) -> list[dict]:
-    """One row of final metrics, budget and time per run; ``NAME/accuracy`` per eval set when runs have them."""
+    """One row of final metrics, budget and time per run; ``NAME/accuracy`` per eval set when runs have them.
+
+    Validation loss three ways: ``validation_loss`` of the kept (best) model, from eval.json like the accuracy;
+    ``final_validation_loss`` of the last evaluation and ``min_validation_loss`` over all of them (metrics.jsonl),
+    which together show a run whose validation loss rose while it trained on.
+    """
     sets = list(dict.fromkeys(name for run in runs for name in run.summary.get("eval_sets", {})))
     rows = []
     for run in runs:
         s, optim = run.summary, run.config.get("optim", {})
         test = run.evals.get("test", {})
+        final_loss, min_loss = _eval_losses(run)
         rows.append({"run": run.name, "validation_accuracy": s.get("validation_accuracy"),
                      "validation_macro_f1": run.evals.get("validation", {}).get("macro_f1"),
+                     "validation_loss": run.evals.get("validation", {}).get("loss"),
+                     "final_validation_loss": final_loss, "min_validation_loss": min_loss,
                      "test_accuracy": test.get("accuracy"), "test_macro_f1": test.get("macro_f1"),
                      **{f"{name}/accuracy": s.get("eval_sets", {}).get(name, {}).get("accuracy") for name in sets},
                      "best_step": s.get("best_step"), "steps": s.get("steps"),
@@ -82,6 +98,8 @@ def _cell(value, kind: str = "") -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     columns = [("run", "run", ""), ("validation_accuracy", "val acc", "metric"), ("validation_macro_f1", "val macro-F1", "metric"),
+               ("validation_loss", "val loss", "metric"), ("final_validation_loss", "final val loss", "metric"),
+               ("min_validation_loss", "min val loss", "metric"),
                ("test_accuracy", "test acc", "metric"), ("test_macro_f1", "test macro-F1", "metric"),
                *[(key, f"{key[:-len('/accuracy')]} acc", "metric") for key in (rows[0] if rows else {})
                  if key.endswith("/accuracy")],
@@ -97,7 +115,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def compare(run_dirs: Sequence[Path], output: Optional[Path] = None) -> Path:
-    """Write ``curves.png``, ``compare.md`` and ``compare.json`` for the runs; returns compare.md's path.
+    """Write ``curves.png`` (against steps), ``curves_by_epoch.png``, ``compare.md`` and ``compare.json``.
+
+    Returns compare.md's path.
 
     Args:
         run_dirs: two or more finished run folders.
@@ -116,9 +136,11 @@ def compare(run_dirs: Sequence[Path], output: Optional[Path] = None) -> Path:
     output = Path(output)
     with folder_written_whole(output, "compare.md", "--output") as tmp:
         plots.compare_curves(runs, tmp / "curves.png")
+        plots.compare_curves(runs, tmp / "curves_by_epoch.png", x="epoch")
         rows = summary_rows(runs)
         differences = config_differences(runs)
-        lines = [f"# Comparison of {len(runs)} runs", "", "![curves](curves.png)", "", markdown_table(rows), ""]
+        lines = [f"# Comparison of {len(runs)} runs", "", "![curves](curves.png)", "",
+                 "![curves by epoch](curves_by_epoch.png)", "", markdown_table(rows), ""]
         if differences:
             lines += ["## Configuration differences", "", "| key | " + " | ".join(r.name for r in runs) + " |",
                       "| --- |" + " --- |" * len(runs)]

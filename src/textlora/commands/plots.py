@@ -231,32 +231,41 @@ def budget_breakdown(groups: dict, budget: int, path: Path) -> Path:
     return _save(fig, path, rect=(0, legend_height, 1, 1))
 
 
-def compare_curves(runs: Sequence, path: Path) -> Path:
+def compare_curves(runs: Sequence, path: Path, x: str = "step") -> Path:
     """Overlaid training loss, validation loss and validation accuracy of several runs (``RunData``).
 
-    A run's eval sets are drawn in its colour with a line style per set (``run / set`` in the legend).
+    Args:
+        x: ``"step"`` (optimizer steps) or ``"epoch"`` (metrics.jsonl's fractional epoch, so runs of different
+            batch sizes or dataset sizes line up by passes over their data, as S2 plotted them).
+
+    A run's eval sets are drawn in its colour with a line style per set (``run / set`` in the legend). A run whose
+    log has no ``x`` column is left out of the figure.
     """
     fig = Figure(figsize=(14, 4.2))
     train_ax, val_ax, acc_ax = fig.subplots(1, 3)
     any_sets = False
     for k, run in enumerate(runs):
         color = COLORS[k % len(COLORS)]
-        if not run.train_log.empty:
-            train_ax.plot(run.train_log["step"], run.train_log["loss"], color=color, label=run.name)
+        if x in run.train_log:
+            train_ax.plot(run.train_log[x], run.train_log["loss"], color=color, label=run.name)
+        if x not in run.eval_log:
+            continue
         if not run.eval_log.empty:
-            val_ax.plot(run.eval_log["step"], run.eval_log["loss"], color=color, marker="o", label=run.name)
-            acc_ax.plot(run.eval_log["step"], run.eval_log["accuracy"], color=color, marker="o", label=run.name)
+            val_ax.plot(run.eval_log[x], run.eval_log["loss"], color=color, marker="o", label=run.name)
+            acc_ax.plot(run.eval_log[x], run.eval_log["accuracy"], color=color, marker="o", label=run.name)
         for j, name in enumerate(eval_set_names(run.eval_log)):
             any_sets = True
             style = ("--", ":", "-.")[j % 3]
             for ax, key in ((val_ax, "loss"), (acc_ax, "accuracy")):
-                ax.plot(run.eval_log["step"], run.eval_log[f"{name}/{key}"], color=color, marker="^", markersize=4,
+                ax.plot(run.eval_log[x], run.eval_log[f"{name}/{key}"], color=color, marker="^", markersize=4,
                         linestyle=style, label=f"{run.name} / {name}")
     titles = ("Validation and eval-set loss", "Validation and eval-set accuracy") if any_sets else \
         ("Validation loss", "Validation accuracy")
+    per = " per epoch" if x == "epoch" else ""
     for ax, title in ((train_ax, "Training loss"), (val_ax, titles[0]), (acc_ax, titles[1])):
-        ax.set_title(title)
-        ax.set_xlabel("optimizer step")
+        ax.set_title(title + per)
+        ax.set_xlabel("epoch" if x == "epoch" else "optimizer step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     return _save(fig, path)

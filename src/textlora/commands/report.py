@@ -1,8 +1,9 @@
 """Report stage: figures and ``report.md`` for one run, drawn from its run folder's saved files only.
 
 ``write_report(RUN)`` writes ``RUN/report/`` (PNGs + report.md); training calls it at the end,
-and ``textlora report RUN`` redraws it at any time. Confusion matrices, ROC curves and the
-hardest errors use the test split when the run has one, else the validation split. Runs with
+and ``textlora report RUN`` redraws it at any time. Confusion matrices, per-class accuracy, ROC curves
+and the hardest errors are drawn for the validation split and, when the run has one, the test split,
+each file named after its split (``confusion_matrix_validation.png``, ``roc_curves_test.png``). Runs with
 ``data.eval_sets`` get a Robustness section: each set's accuracy, per-class recall and hardest errors.
 """
 
@@ -132,20 +133,28 @@ def _training_section(run: RunData, out: Path) -> str:
 
 
 def _evaluation_section(run: RunData, out: Path) -> str:
-    split = "test" if "test" in run.evals else "validation"
-    metrics = run.evals.get(split)
-    if not metrics:
+    """One section per split the best model was evaluated on: test first (the headline), then validation."""
+    splits = [split for split in ("test", "validation") if run.evals.get(split)]
+    if not splits:
         return "## Evaluation\n\nNo eval.json in the run folder."
+    return "\n\n".join(_split_section(run, out, split) for split in splits)
+
+
+def _split_section(run: RunData, out: Path, split: str) -> str:
+    """Figures (``NAME_<split>.png``), per-class table and hardest errors of the best model on one split."""
+    metrics = run.evals[split]
     names = metrics["label_names"]
-    plots.confusion_matrices(metrics["confusion_matrix"], names, out / "confusion_matrix.png", split)
-    plots.per_class_accuracy(metrics["per_class"], metrics["accuracy"], out / "per_class_accuracy.png", split)
+    confusion, per_class, roc = (f"{name}_{split}.png" for name in ("confusion_matrix", "per_class_accuracy",
+                                                                      "roc_curves"))
+    plots.confusion_matrices(metrics["confusion_matrix"], names, out / confusion, split)
+    plots.per_class_accuracy(metrics["per_class"], metrics["accuracy"], out / per_class, split)
     lines = [f"## Evaluation on the {split} split ({metrics['rows']:,} rows)", "",
-             "![confusion matrices](confusion_matrix.png)", "", "![per-class accuracy](per_class_accuracy.png)", ""]
+             f"![confusion matrices, {split}]({confusion})", "", f"![per-class accuracy, {split}]({per_class})", ""]
     probs = run.probabilities(split)
     aucs = {n: metrics["per_class"][n].get("roc_auc") for n in names}
     if probs is not None:
-        _, aucs = plots.roc_curves(probs[0], probs[1], names, out / "roc_curves.png", split)
-        lines += ["![ROC curves](roc_curves.png)", ""]
+        _, aucs = plots.roc_curves(probs[0], probs[1], names, out / roc, split)
+        lines += [f"![ROC curves, {split}]({roc})", ""]
     else:
         lines += [f"(No predictions/{split}.csv: the run predates per-example predictions, so there are no ROC "
                   "curves or hardest errors; retrain to get them.)", ""]
