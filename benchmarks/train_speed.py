@@ -70,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arms", default="notebook,best-practice,textlora", help=f"comma-separated, from {', '.join(ARMS)}")
     p.add_argument("--lora-layout", default="all", choices=["all", "top"], help="LoRA on all layers or the top third")
     p.add_argument("--targets", default="query,value", help="LoRA target modules, e.g. query,key,value")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (S1's layout: 4)")
+    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (S1's layout: 96)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--max-length", type=int, default=128, help="truncation of best-practice and textlora")
     p.add_argument("--seed", type=int, default=42)
@@ -179,6 +181,7 @@ def prepare(args) -> tuple[stacks.TrainSetup, Path, int]:
     bc.write_rows(bc.load_agnews(data, count, args.seed), workdir / "train.csv")
     bc.write_rows(bc.load_agnews(data, args.val_rows, args.seed, skip=count), workdir / "val.csv")
     setup = stacks.TrainSetup(model_dir=model_dir, device=device, targets=tuple(args.targets.split(",")),
+                          lora_r=args.lora_r, lora_alpha=args.lora_alpha,
                           batch_size=args.batch_size, steps=args.steps, lr=args.lr, max_length=args.max_length,
                           seed=args.seed, log_every=max(1, args.steps // 10))
     if args.lora_layout == "top":
