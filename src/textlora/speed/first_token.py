@@ -40,16 +40,22 @@ FIRST_TOKEN_CLASSIFIERS = frozenset({
 _ATTENTION_KINDS = ("sdpa", "eager")
 
 
+def _first_query_heads(hidden_states: torch.Tensor, query, key, value, head_size: int) -> tuple:
+    """Per-head query of the first token ``[B, heads, 1, d]`` and keys/values of every token ``[B, heads, T, d]``."""
+    batch, length = hidden_states.shape[:2]
+    return (query(hidden_states[:, :1]).view(batch, 1, -1, head_size).transpose(1, 2),
+            key(hidden_states).view(batch, length, -1, head_size).transpose(1, 2),
+            value(hidden_states).view(batch, length, -1, head_size).transpose(1, 2))
+
+
 def _first_token_forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                          *unused_args, **kwargs) -> torch.Tensor:
     """A BERT-style layer's forward with queries from the first token only: ``[B, T, H]`` -> ``[B, 1, H]``."""
     self_attention = self.attention.self
-    batch, length = hidden_states.shape[:2]
-    head_size = self_attention.attention_head_size
+    batch = hidden_states.shape[0]
     first = hidden_states[:, :1]
-    query = self_attention.query(first).view(batch, 1, -1, head_size).transpose(1, 2)
-    key = self_attention.key(hidden_states).view(batch, length, -1, head_size).transpose(1, 2)
-    value = self_attention.value(hidden_states).view(batch, length, -1, head_size).transpose(1, 2)
+    query, key, value = _first_query_heads(hidden_states, self_attention.query, self_attention.key,
+                                           self_attention.value, self_attention.attention_head_size)
     if attention_mask is not None and attention_mask.dim() == 4:
         attention_mask = attention_mask[:, :, :1, :]  # the first query's row ([B, 1, 1 or T, T] -> [B, 1, 1, T])
     attend = ALL_ATTENTION_FUNCTIONS.get_interface(self_attention.config._attn_implementation,
@@ -69,12 +75,10 @@ def _mpnet_first_token_forward(self, hidden_states: torch.Tensor, attention_mask
     first row of the encoder's relative-position bias ``[B, heads, T, T]`` and of the additive mask added.
     """
     attn = self.attention.attn
-    batch, length = hidden_states.shape[:2]
+    batch = hidden_states.shape[0]
     head_size = attn.attention_head_size
     first = hidden_states[:, :1]
-    query = attn.q(first).view(batch, 1, -1, head_size).transpose(1, 2)
-    key = attn.k(hidden_states).view(batch, length, -1, head_size).transpose(1, 2)
-    value = attn.v(hidden_states).view(batch, length, -1, head_size).transpose(1, 2)
+    query, key, value = _first_query_heads(hidden_states, attn.q, attn.k, attn.v, head_size)
     scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(head_size)
     if position_bias is not None:
         scores += position_bias[:, :, :1, :]
