@@ -15,7 +15,7 @@ from argparse import Namespace
 import numpy as np
 import pytest
 
-from benchmarks import (accuracy_parity, attention_mask_factor, cpu_step_loop, dropout_saved_memory, predict_speed,
+from benchmarks import (accuracy_parity, cpu_step_loop, dropout_saved_memory, predict_speed,
                         train_speed)
 from benchmarks import common as bc
 from benchmarks import stacks
@@ -265,19 +265,6 @@ def test_cpu_step_loop_times_both_attentions_and_reads_memory_every_50_steps(tin
     assert all(rate > 0 for rate in alternate["samples_per_s"].values())
     (window,) = cpu_step_loop._drift(args)["windows"]
     assert window["step"] == 50 and 0 < window["trimmed_rss_gb"] <= window["peak_rss_gb"] * 1.01
-
-
-def test_attention_mask_factor_times_both_masks_and_restores_textloras(tiny_model_dir, tmp_path, monkeypatch):
-    from textlora.speed import cpu_dropout
-
-    now = cpu_dropout._as_factor
-    out = tmp_path / "BENCH.md"
-    monkeypatch.setattr(sys, "argv", ["attention_mask_factor.py", "--model", str(tiny_model_dir), "--rows", "96",
-                                      "--window", "1", "--rounds", "1", "--out", str(out)])
-    attention_mask_factor.main()
-    text = out.read_text()
-    assert "| uint8 (textlora now) |" in text and "| bool (before) |" in text and "- uint8 vs bool: **" in text
-    assert cpu_dropout._as_factor is now
 
 
 def test_dropout_saved_memory_counts_less_for_the_byte_mask_and_restores_textloras(tiny_model_dir):

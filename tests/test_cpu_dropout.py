@@ -136,24 +136,6 @@ def test_attention_backward_is_the_gradient_of_its_forward_with_dropout():
     assert torch.autograd.gradcheck(dropped_attention, inputs)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_attention_multiplies_by_its_mask_as_bytes_with_the_same_results_as_a_boolean_mask(dtype, monkeypatch):
-    # The mask is applied as uint8 for speed (BENCHMARKS.md): forward and gradients must be bit for bit
-    # what multiplying by the boolean mask gives.
-    assert cpu_dropout._as_factor(torch.tensor([True, False])).dtype == torch.uint8
-    q, k, v, mask = _qkv_and_mask(True, dtype)
-    results = []
-    for factor in (cpu_dropout._as_factor, lambda keep: keep):
-        monkeypatch.setattr(cpu_dropout, "_as_factor", factor)
-        inputs = [t.clone().requires_grad_() for t in (q, k, v)]
-        torch.manual_seed(3)
-        out, _ = attention(_Attention(), *inputs, mask, dropout=0.3, scaling=8 ** -0.5)
-        out.backward(torch.ones_like(out))
-        results.append([out, *(t.grad for t in inputs)])
-    for ours, boolean in zip(*results):
-        assert torch.equal(ours, boolean)
-
-
 class _Causal(torch.nn.Module):
     pass  # no is_causal: transformers' SDPA function then treats the attention as causal
 

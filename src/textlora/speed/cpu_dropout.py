@@ -69,12 +69,12 @@ class _Dropout(torch.autograd.Function):
         keep = keep_mask(x.shape, p)
         ctx.scale = _scale_in(x.dtype, p)
         ctx.save_for_backward(keep)
-        return torch.mul(x, _as_factor(keep)).mul_(ctx.scale)
+        return torch.mul(x, keep).mul_(ctx.scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return torch.mul(grad, _as_factor(keep)).mul_(ctx.scale), None
+        return torch.mul(grad, keep).mul_(ctx.scale), None
 
 
 @functools.lru_cache(maxsize=None)  # called by every dropout of every step: a tensor each time is waste
@@ -101,16 +101,6 @@ class CPUDropout(torch.nn.Dropout):
         return fast_dropout(x, self.p, self.training)
 
 
-def _as_factor(keep: torch.Tensor) -> torch.Tensor:
-    """A boolean mask as 0/1 bytes, to multiply by: the same products, about half the time.
-
-    ``bf16 * bool`` converts the whole mask to bf16 first (a copy of ``[B, heads, T, T]``);
-    ``bf16 * uint8`` converts inside the multiplication (timed in BENCHMARKS.md,
-    attention_mask_factor).
-    """
-    return keep.view(torch.uint8)
-
-
 def _probabilities(query, key, bias, scaling: float) -> torch.Tensor:
     """softmax(q k^T * scaling + bias) over the keys."""
     scores = torch.matmul(query * scaling, key.transpose(-1, -2))  # scaling q: [B,h,T,d], not [B,h,T,T]
@@ -133,7 +123,7 @@ class _AttentionCore(torch.autograd.Function):
         with torch.autocast("cpu", enabled=False):
             probs = _probabilities(query, key, bias, scaling)
             keep = keep_mask(probs.shape, p)
-            out = torch.matmul(probs.mul_(_as_factor(keep)), value).mul_(1.0 / (1.0 - p))
+            out = torch.matmul(probs.mul_(keep), value).mul_(1.0 / (1.0 - p))
         ctx.save_for_backward(query, key, value, bias, keep)
         ctx.p, ctx.scaling = p, scaling
         return out
@@ -147,9 +137,9 @@ class _AttentionCore(torch.autograd.Function):
             probs = _probabilities(query, key, bias, ctx.scaling)
             grad_out = grad_out.to(value.dtype) * (1.0 / (1.0 - ctx.p))
             if needs_value:
-                grad_value = torch.matmul((probs * _as_factor(keep)).transpose(-1, -2), grad_out)
+                grad_value = torch.matmul((probs * keep).transpose(-1, -2), grad_out)
             if needs_query or needs_key:
-                grad_probs = torch.matmul(grad_out, value.transpose(-1, -2)).mul_(_as_factor(keep))
+                grad_probs = torch.matmul(grad_out, value.transpose(-1, -2)).mul_(keep)
                 grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
                 del probs, grad_probs
                 if needs_query:
