@@ -2,7 +2,7 @@
 
     python benchmarks/base_dtype_accuracy.py                     # MiniLM-L6 (the quickstart's model), seeds 42 1 2
     python benchmarks/base_dtype_accuracy.py --seeds 42 1 2 3 4 --rows 3000
-    python benchmarks/base_dtype_accuracy.py --model models/all-mpnet-base-v2 --targets q,k,v --rows 600 --test-rows 500
+    python benchmarks/base_dtype_accuracy.py --model models/all-mpnet-base-v2 --targets q,v --rows 600 --test-rows 500
 
 Each seed trains the quickstart's recipe twice on the same rows, once per base dtype (autocast off in both:
 ``train.mixed_precision=no`` with ``model.base_dtype`` set explicitly), and scores the first ``--test-rows``
