@@ -20,9 +20,8 @@ from textlora.run.files import removed_on_failure, replace_dir
 from textlora.errors import RunFolderError
 from textlora.training.eval_sets import eval_line, headline, lower_is_better, selection_value
 from textlora.run.metrics import classification_metrics
-from textlora.model.forward import predict_proba
+from textlora.model.forward import classifier_logits, predict_proba
 from textlora.training.interrupts import DeferredInterrupt
-from textlora.model.forward import classifier_logits
 from textlora.run.folder import MetricsLog
 from textlora.run.layout import ADAPTER_DIR, CHECKPOINTS_DIR
 
@@ -182,24 +181,23 @@ class TrainLoop:
 
     def validate(self) -> tuple[dict, np.ndarray]:
         """Validation metrics and the class probabilities ``[N, K]`` they were computed from."""
-        model = self.accelerator.unwrap_model(self.model)
-        probs = predict_proba(model, self.val_tokens, self.pad_id, self.cfg.batch_size * 2,
-                              self.accelerator.device, autocast=self.accelerator.autocast, cache=self.val_cache)
-        self.model.train()
-        return classification_metrics(self.data.validation.labels, probs, self.data.label_map.names), probs
+        return self._score(self.val_tokens, self.data.validation.labels, self.val_cache)
 
     def evaluate_sets(self) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
         """Every ``data.eval_sets`` set's metrics ``{name: metrics}`` and probabilities ``{name: [N, K]}``, run as
         validation is (batches, autocast)."""
-        model = self.accelerator.unwrap_model(self.model)
         results, set_probs = {}, {}
         for name, tokens in self.set_tokens.items():
-            probs = predict_proba(model, tokens, self.pad_id, self.cfg.batch_size * 2, self.accelerator.device,
-                                  autocast=self.accelerator.autocast, cache=self.set_caches.get(name))
-            set_probs[name] = probs
-            results[name] = classification_metrics(self.data.eval_sets[name].labels, probs, self.data.label_map.names)
-        self.model.train()
+            results[name], set_probs[name] = self._score(tokens, self.data.eval_sets[name].labels,
+                                                         self.set_caches.get(name))
         return results, set_probs
+
+    def _score(self, tokens, labels, cache) -> tuple[dict, np.ndarray]:
+        """Metrics and probabilities ``[N, K]`` of the model as it stands on ``tokens``; the model is left training."""
+        probs = predict_proba(self.accelerator.unwrap_model(self.model), tokens, self.pad_id, self.cfg.batch_size * 2,
+                              self.accelerator.device, autocast=self.accelerator.autocast, cache=cache)
+        self.model.train()
+        return classification_metrics(labels, probs, self.data.label_map.names), probs
 
     def _evaluate_and_checkpoint(self) -> None:
         state, cfg = self.state, self.cfg
