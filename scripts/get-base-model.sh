@@ -21,6 +21,11 @@ if check "$DEST"; then
     echo "get-base-model: $DEST is complete (model.safetensors sha256 matches)"
     exit 0
 fi
+if [ -e "$DEST" ] && [ -n "$(ls -A "$DEST" 2>/dev/null || echo file)" ]; then
+    echo "get-base-model: error: $DEST exists and is not a complete all-mpnet-base-v2 folder; nothing was" \
+         "changed. Move it away (or delete it if it is an interrupted download) or give another DEST" >&2
+    exit 1
+fi
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 PARTS=()
@@ -51,10 +56,13 @@ if ! check "$SOURCE"; then
          "nothing was written to $DEST. Run this again; if it persists the packages changed" >&2
     exit 1
 fi
-# Written beside DEST and renamed into place: an interrupted run never leaves a half folder.
+# Copied beside DEST under a fresh temporary name and renamed into place: an interrupted run never leaves
+# a half folder at DEST, and no folder of the user's is replaced (DEST is absent or empty here).
 mkdir -p "$(dirname "$DEST")"
-rm -rf "$DEST.tmp"
-cp -r "$SOURCE" "$DEST.tmp"
-rm -rf "$DEST"
-mv "$DEST.tmp" "$DEST"
+STAGE="$(mktemp -d "$(dirname "$DEST")/.get-base-model.XXXXXX")"
+trap 'rm -rf "$WORK" "$STAGE"' EXIT
+cp -r "$SOURCE/." "$STAGE/"
+chmod 755 "$STAGE"
+[ -d "$DEST" ] && rmdir "$DEST"
+mv "$STAGE" "$DEST"
 echo "get-base-model: wrote $DEST ($(du -sh "$DEST" | cut -f1))"
