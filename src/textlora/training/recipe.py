@@ -65,6 +65,8 @@ class Components:
     tokenizer: object
     trainable: int
     """Trainable parameter count (the budget's total)."""
+    base_dtype: str
+    """The frozen base's storage dtype, ``model.base_dtype`` resolved on this device: ``fp32``, ``bf16`` or ``fp16``."""
     model: torch.nn.Module
     """As prepared by accelerate (possibly wrapped); ``accelerator.unwrap_model(model)`` is the peft model."""
     optimizer: torch.optim.Optimizer
@@ -167,7 +169,7 @@ def setup(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
         log.on_write = start_trackers(accelerator, config, run_dir)
     if resume is not None:
         state = resume_state(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, log)
-    return Components(config, accelerator, data, tokenizer, breakdown.total, model, optimizer, scheduler, loader,
+    return Components(config, accelerator, data, tokenizer, breakdown.total, base_dtype, model, optimizer, scheduler, loader,
                       val_tokens, set_tokens, speed, run_dir, log, state, total_steps, steps_per_epoch, started)
 
 
@@ -199,7 +201,7 @@ def finish(parts: Components, loop: TrainLoop) -> Path:
     summary = {"run_dir": str(run_dir), "best_metric": parts.config.train.metric_for_best, "best_value": state.best_metric,
                "best_step": state.best_step, "steps": state.step, "validation_accuracy": metrics["accuracy"],
                "device": str(accelerator.device), "precision": precision_name(accelerator.mixed_precision),
-               "base_dtype": base_dtype_name(model),
+               "base_dtype": parts.base_dtype,
                "memory_allocator": parts.speed.allocator or "system",
                "trainable_params": parts.trainable, "train_seconds": round(state.train_seconds, 2),
                "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
@@ -238,15 +240,6 @@ def finish(parts: Components, loop: TrainLoop) -> Path:
         report_after_training(run_dir)
     end_trackers(accelerator)
     return run_dir
-
-
-def base_dtype_name(model: torch.nn.Module) -> str:
-    """The frozen base's storage dtype as the config spells it (the dtype most parameters have)."""
-    counts: dict = {}
-    for param in model.parameters():
-        counts[param.dtype] = counts.get(param.dtype, 0) + param.numel()
-    dtype = max(counts, key=counts.get)
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def _summary_text(summary: dict) -> str:
