@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=_NUM_LABELS, default=4, help="classes of the head (default 4, AG News)")
     p.add_argument("--config", help="base config: the YAML printed is then this config with the planned model section")
     p.add_argument("--ranks", type=_rank_list, help="comma-separated LoRA ranks to consider (default 1,2,4,8,16,32,64)")
-    p.add_argument("--head", choices=["standard", "linear"], help="only this head (default both)")
+    p.add_argument("--head", choices=["standard", "linear", "mean"],
+                   help="only this head (default standard and linear; mean costs what linear costs)")
     p.add_argument("--targets", help="only these target modules, comma-separated, e.g. query,key,value")
     p.add_argument("--layers", help="only this layer range, e.g. 8-11")
     p.add_argument("--top", type=positive_int, default=10, help="length of the shortlist")

@@ -154,8 +154,16 @@ class ModelConfig:
     max_trainable_params: int = 1_000_000
     """Budget enforced before training: more trainable parameters than this is refused."""
     head: str = "standard"
-    """Classification head: ``standard`` (the model class's own) or ``linear`` (dropout + one Linear on the first
-    token's final hidden state: 3,076 parameters for roberta-base and 4 classes instead of 593,668)."""
+    """Classification head: ``standard`` (the model class's own), ``linear`` (dropout + one Linear on the first
+    token's final hidden state: 3,076 parameters for roberta-base and 4 classes instead of 593,668) or ``mean`` (as
+    ``linear``, on the mean of every real token's final hidden state: the vector sentence-transformers encoders such
+    as all-mpnet-base-v2 were trained to fill; see docs/robustness.md)."""
+    head_init: str = "random"
+    """How the head starts: ``random`` (as transformers initialises a fresh head) or ``probe`` (fit first, alone, on
+    the frozen encoder's features of a sample of training rows by logistic regression, its regularisation chosen on
+    the validation split; then LoRA and head train together from there: LP-FT, which moves the encoder less and
+    keeps more accuracy on text unlike the training rows, docs/robustness.md). ``probe`` needs ``model.head`` linear
+    or mean."""
     base_dtype: str = "auto"
     """Dtype the frozen pretrained weights are stored in: ``auto`` (bf16 where the hardware multiplies bf16 natively:
     CUDA compute capability 8+, CPUs with avx512_bf16 or AMX; fp16 on older GPUs under fp16 autocast; fp32 elsewhere
@@ -173,7 +181,11 @@ class ModelConfig:
         _require(8 <= self.max_length <= 8192, "model.max_length", "must be between 8 and 8192")
         _require(len(self.target_modules) > 0, "model.target_modules", "name at least one module")
         _require(self.max_trainable_params > 0, "model.max_trainable_params", "must be > 0")
-        _one_of(self.head, "model.head", ("standard", "linear"))
+        _one_of(self.head, "model.head", ("standard", "linear", "mean"))
+        _one_of(self.head_init, "model.head_init", ("random", "probe"))
+        if self.head_init == "probe":
+            _require(self.head in ("linear", "mean"), "model.head_init",
+                     "probe needs model.head linear or mean (one Linear the probe can fit)")
         _one_of(self.base_dtype, "model.base_dtype", ("auto", "fp32", "bf16", "fp16"))
         if self.layers is not None:
             parse_layer_range(self.layers, "model.layers")

@@ -109,6 +109,8 @@ def why_not(model: torch.nn.Module, head: str) -> Optional[str]:
     """None when the last layer can run for the first token only, else the reason it cannot."""
     classifier = stock_classifier(model)
     config = classifier.config
+    if head == "mean":
+        return "model.head=mean reads every token"
     if head != "linear" and type(classifier).__name__ not in FIRST_TOKEN_CLASSIFIERS:
         return f"{type(classifier).__name__}'s head is not known to read only the first token"
     if getattr(config, "is_decoder", False):

@@ -36,6 +36,7 @@ from textlora.run.metrics import classification_metrics, format_metrics, write_m
 from textlora.run.records import full_model_params, save_predictions
 from textlora.training import checkpoint as ckpt
 from textlora.training.distributed import prepare_train_loader
+from textlora.training.head_probe import fit_head_by_probe
 from textlora.training.eval_sets import headline, write_final as write_eval_sets
 from textlora.training.loop import LoopState, TrainLoop, resume_state
 from textlora.training.optim import build_optimizer, build_scheduler, unused_layer_lrs_note
@@ -152,6 +153,12 @@ def setup(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
                            autocast=accelerator.autocast, log=main)
     for note in speed.notes:
         print(f"[speed] {note}")
+    if config.model.head_init == "probe" and resume is None:
+        note = fit_head_by_probe(accelerator.unwrap_model(model), config.model.head, data.label_map.num_labels,
+                                 (train_tokens, data.train.labels), (val_tokens, data.validation.labels),
+                                 tokenizer.pad_token_id, accelerator.device, accelerator.autocast, config.train.seed)
+        if main:
+            print(note)
     loader = make_loader(train_tokens, data.train.labels, config.train.batch_size, tokenizer.pad_token_id,
                          seed=config.train.seed, shuffle=True, max_tokens=config.train.max_tokens_per_batch,
                          pin_memory=torch.cuda.is_available(), cache=speed.caches[0],
@@ -204,6 +211,7 @@ def finish(parts: Components, loop: TrainLoop) -> Path:
                "base_dtype": parts.base_dtype,
                "memory_allocator": parts.speed.allocator or "system",
                "trainable_params": parts.trainable, "train_seconds": round(state.train_seconds, 2),
+               "cpu_threads": torch.get_num_threads(),
                "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
                "train_tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1)}
     if parts.speed.caches and parts.speed.caches[0] is not None:

@@ -1,0 +1,110 @@
+"""A results table from finished run folders: accuracy on every scored set, cost, and what each run changed.
+
+    # what each choice does to the validation split, the shifted slice and the test split (docs/robustness.md)
+    python benchmarks/run_table.py runs/robust/standard runs/robust/mean ... \
+        --key robustness-minilm --title "MiniLM-L6: what keeps both" --page docs/robustness.md
+    # the base-size runs behind the README's results table
+    python benchmarks/run_table.py runs/agnews-mpnet-r4-qkv ... --key base-size --cost --page README.md
+
+Everything comes from each run's own files (summary.json, config.yaml, data_report.json), so the table
+can be rebuilt from the run folders at any time. The first run is the baseline: "changes" lists each
+other run's config keys that differ from it, and the deltas are against it. ``--cost`` adds the
+training rows, epochs, wall time, samples/s and CPU-hours (training seconds x the threads it ran on).
+The raw table is kept in benchmarks/results/<key>-<date>.md and the page's section ``key`` is replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+if __package__ in (None, ""):  # run as a file: python benchmarks/run_table.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common as bc
+
+_NOT_A_CHANGE = {"train.run_name", "train.output_dir", "train.quiet"}
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and key != "eval_sets"
+                   else {f"{prefix}{key}": value})
+    return out
+
+
+def _changes(config: dict, baseline: dict) -> str:
+    keys = sorted(k for k in set(config) | set(baseline) if k not in _NOT_A_CHANGE
+                  and config.get(k) != baseline.get(k))
+    return ", ".join(f"{k}={config.get(k)}" for k in keys) or "baseline"
+
+
+def read_run(run: Path) -> dict:
+    """The figures of one finished run folder."""
+    summary = json.loads((run / "summary.json").read_text())
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    report = json.loads((run / "data_report.json").read_text()) if (run / "data_report.json").is_file() else {}
+    sets = {name: result.get("accuracy") for name, result in summary.get("eval_sets", {}).items()}
+    return {"run": run.name, "config": _flat(config), "validation": summary.get("validation_accuracy"),
+            "sets": sets, "test": summary.get("test_accuracy"), "trainable": summary.get("trainable_params"),
+            "train_rows": report.get("train_rows"), "epochs": config.get("train", {}).get("epochs"),
+            "best_step": summary.get("best_step"), "steps": summary.get("steps"),
+            "train_seconds": summary.get("train_seconds"), "wall_seconds": summary.get("wall_seconds"),
+            "samples_per_s": summary.get("train_samples_per_s"), "threads": summary.get("cpu_threads"),
+            "device": summary.get("device"), "base_dtype": summary.get("base_dtype")}
+
+
+def _delta(value, base):
+    return None if value is None or base is None else f"{value - base:+.4f}"
+
+
+def table(runs: list[dict], cost: bool) -> str:
+    base = runs[0]
+    set_names = sorted({name for run in runs for name in run["sets"]})
+    header = ["run", "changes from the first", "validation", *set_names, "test"]
+    header += [f"Δ {name}" for name in set_names] + ["Δ test", "trainable"]
+    if cost:
+        header += ["train rows", "epochs", "best step", "wall time", "samples/s", "CPU-hours"]
+    rows = []
+    for run in runs:
+        row = [run["run"], _changes(run["config"], base["config"]) if run is not base else "baseline",
+               run["validation"], *[run["sets"].get(n) for n in set_names], run["test"]]
+        row += [_delta(run["sets"].get(n), base["sets"].get(n)) for n in set_names]
+        row += [_delta(run["test"], base["test"]), run["trainable"]]
+        if cost:
+            hours = (run["train_seconds"] * run["threads"] / 3600
+                     if run["train_seconds"] is not None and run["threads"] else None)
+            wall = f"{run['wall_seconds'] / 60:.0f} min" if run["wall_seconds"] else None
+            row += [run["train_rows"], run["epochs"], f"{run['best_step']} of {run['steps']}", wall,
+                    run["samples_per_s"], hours]
+        rows.append(row)
+    return bc.markdown_table(header, rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="finished run folders; the first is the baseline")
+    p.add_argument("--key", required=True, help="section key (and raw file name), e.g. robustness-minilm")
+    p.add_argument("--title", required=True, help="the section's heading")
+    p.add_argument("--page", default="none", help="markdown page whose section KEY is replaced (default: print only)")
+    p.add_argument("--cost", action="store_true", help="add rows, epochs, wall time, samples/s and CPU-hours")
+    p.add_argument("--note", action="append", default=[], help="a line under the table (repeatable)")
+    args = p.parse_args(argv)
+    missing = [str(run) for run in args.runs if not (run / "summary.json").is_file()]
+    if missing:
+        p.error(f"not finished run folders (no summary.json): {', '.join(missing)}")
+    runs = [read_run(run) for run in args.runs]
+    body = "\n".join([*bc.section_head(args.title), table(runs, args.cost), "", *args.note])
+    bc.publish_section(args.page, args.key, body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
