@@ -438,11 +438,12 @@ def publish_section(out: str, key: str, body: str) -> None:
     if out == "none":
         return
     path = Path(out)
-    raw = path.parent / "benchmarks" / "results" / f"{key}-{time.strftime('%Y-%m-%d')}.md"
+    root = path.parent.parent if path.parent.name == "docs" else path.parent  # pages: README/BENCHMARKS, docs/*
+    raw = root / "benchmarks" / "results" / f"{key}-{time.strftime('%Y-%m-%d')}.md"
     raw.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(raw, body.strip() + "\n")
     print(f"[bench] wrote {raw}")
-    link = raw.relative_to(path.parent).as_posix()
+    link = Path(os.path.relpath(raw, path.parent)).as_posix()
     public = f"{without_machine_paths(body.strip())}\n\nRaw output: [{link}]({link})."
     write_section(path, key, _unique_heading(path.read_text() if path.is_file() else "", key, public))
 
