@@ -65,17 +65,17 @@ def _delta(value, base):
     return None if value is None or base is None else f"{value - base:+.4f}"
 
 
-def table(runs: list[dict], cost: bool) -> str:
+def table(runs: list[dict], cost: bool, changes: bool = True) -> str:
     base = runs[0]
     set_names = sorted({name for run in runs for name in run["sets"]})
-    header = ["run", "changes from the first", "validation", *set_names, "test"]
+    header = ["run", *(["changes from the first"] if changes else []), "validation", *set_names, "test"]
     header += [f"Δ {name}" for name in set_names] + ["Δ test", "trainable"]
     if cost:
         header += ["train rows", "epochs", "best step", "wall time", "samples/s", "CPU-hours"]
     rows = []
     for run in runs:
-        row = [run["run"], _changes(run["config"], base["config"]) if run is not base else "baseline",
-               run["validation"], *[run["sets"].get(n) for n in set_names], run["test"]]
+        row = [run["run"], *([_changes(run["config"], base["config"]) if run is not base else "baseline"]
+                             if changes else []), run["validation"], *[run["sets"].get(n) for n in set_names], run["test"]]
         row += [_delta(run["sets"].get(n), base["sets"].get(n)) for n in set_names]
         row += [_delta(run["test"], base["test"]), run["trainable"]]
         if cost:
@@ -95,13 +95,15 @@ def main(argv=None) -> int:
     p.add_argument("--title", required=True, help="the section's heading")
     p.add_argument("--page", default="none", help="markdown page whose section KEY is replaced (default: print only)")
     p.add_argument("--cost", action="store_true", help="add rows, epochs, wall time, samples/s and CPU-hours")
+    p.add_argument("--no-changes", action="store_true",
+                   help="leave out the column of config keys each run changed (runs of unrelated configs)")
     p.add_argument("--note", action="append", default=[], help="a line under the table (repeatable)")
     args = p.parse_args(argv)
     missing = [str(run) for run in args.runs if not (run / "summary.json").is_file()]
     if missing:
         p.error(f"not finished run folders (no summary.json): {', '.join(missing)}")
     runs = [read_run(run) for run in args.runs]
-    body = "\n".join([*bc.section_head(args.title), table(runs, args.cost), "", *args.note])
+    body = "\n".join([*bc.section_head(args.title), table(runs, args.cost, not args.no_changes), "", *args.note])
     bc.publish_section(args.page, args.key, body)
     return 0
 

@@ -317,3 +317,4 @@ def test_publish_section_keeps_the_raw_output_dated_and_replaces_its_section_wit
     assert "Raw output: [benchmarks/results/speed-a-2026-12-24.md](benchmarks/results/speed-a-2026-12-24.md)" in page
     bc.publish_section("none", "speed-c", body)
     assert not (tmp_path / "benchmarks" / "results" / "speed-c-2026-12-24.md").exists()
+

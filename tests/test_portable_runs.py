@@ -68,3 +68,24 @@ def test_a_pkg_model_is_saved_as_a_pkg_spec_and_resolved_where_the_run_is_loaded
     assert _evaluate(run, tmp_path / "with-copy.json", "--base-model", str(copy)) == 0
     assert json.loads((tmp_path / "with-copy.json").read_text())["accuracy"] == \
         json.loads((tmp_path / "with-package.json").read_text())["accuracy"]
+
+
+def test_a_published_run_has_no_checkpoints_and_evaluates_as_the_run_does(tiny_run, tmp_path, capsys):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "publish-run.sh"
+    published = tmp_path / "published" / "tiny"
+    done = subprocess.run(["bash", str(script), str(tiny_run), str(published)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tiny_run / "checkpoints").is_dir() and not (published / "checkpoints").exists()
+    assert not (published / "predictions").exists() and (published / "adapter").is_dir()
+    assert _evaluate(tiny_run, tmp_path / "run.json") == 0 and _evaluate(published, tmp_path / "pub.json") == 0
+    assert json.loads((tmp_path / "run.json").read_text())["accuracy"] == \
+        json.loads((tmp_path / "pub.json").read_text())["accuracy"]
+    # Never replaces a folder, and refuses what is not a finished run.
+    again = subprocess.run(["bash", str(script), str(tiny_run), str(published)], capture_output=True, text=True)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    empty = subprocess.run(["bash", str(script), str(tmp_path), str(tmp_path / "x")], capture_output=True, text=True)
+    assert empty.returncode == 2 and "not a finished run folder" in empty.stderr and not (tmp_path / "x").exists()
+    assert not list((tmp_path / "published").glob(".publish.*"))

@@ -1,0 +1,27 @@
+"""benchmarks/run_table.py: results tables are read from run folders, never typed in."""
+
+import json
+
+import pytest
+
+
+def test_run_table_reads_run_folders_and_names_what_each_changed(tiny_run, tmp_path, capsys):
+    import shutil
+
+    from benchmarks import run_table
+
+    other = shutil.copytree(tiny_run, tmp_path / "lr-run")
+    config = (other / "config.yaml").read_text()
+    (other / "config.yaml").write_text(config.replace("lr: 0.005", "lr: 0.001"))
+    summary = json.loads((other / "summary.json").read_text())
+    (other / "summary.json").write_text(json.dumps({**summary, "test_accuracy": 0.5, "cpu_threads": 2,
+                                                    "train_seconds": 1800}))
+    assert run_table.main([str(tiny_run), str(other), "--key", "t", "--title", "T", "--cost"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| run | changes from the first | validation |") and "CPU-hours" in rows[0]
+    assert rows[2].startswith("| tiny | baseline |")
+    assert rows[3].startswith("| lr-run | optim.lr=0.001 |") and rows[3].endswith("| 1 |")  # 1800 s on 2 threads
+    with pytest.raises(SystemExit):
+        run_table.main([str(tmp_path), "--key", "t", "--title", "T"])
+    assert "not finished run folders" in capsys.readouterr().err
