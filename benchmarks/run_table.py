@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/run_table.py
 
 from benchmarks import common as bc
 
+_ROOT = Path(__file__).resolve().parents[1]
 _NOT_A_CHANGE = {"train.run_name", "train.output_dir", "train.quiet"}
 
 
@@ -46,8 +47,25 @@ def _changes(config: dict, baseline: dict) -> str:
     return ", ".join(f"{k}={config.get(k)}" for k in keys) or "baseline"
 
 
+def read_record(path: Path) -> dict:
+    """The figures of a run whose folder is gone, from its committed results record
+    (benchmarks/results/<run>-<date>.json: the run's summary.json figures plus its rows and machine)."""
+    record = json.loads(path.read_text())
+    config = yaml.safe_load((_ROOT / record["config"]).read_text()) if (_ROOT / record["config"]).is_file() else {}
+    sets = {name: result.get("accuracy") for name, result in record.get("eval_sets", {}).items()}
+    return {"run": Path(record["config"]).stem, "config": _flat(config), "validation": record.get("validation_accuracy"),
+            "sets": sets, "test": record.get("test_accuracy"), "trainable": record.get("trainable_params"),
+            "train_rows": record.get("train_rows"), "epochs": record.get("epochs"),
+            "best_step": record.get("best_step"), "steps": record.get("steps"),
+            "train_seconds": record.get("train_seconds"), "wall_seconds": record.get("wall_seconds"),
+            "samples_per_s": record.get("train_samples_per_s"), "threads": record.get("cpu_threads"),
+            "device": record.get("device"), "base_dtype": record.get("base_dtype")}
+
+
 def read_run(run: Path) -> dict:
-    """The figures of one finished run folder."""
+    """The figures of one finished run folder, or of a committed results record (a .json file)."""
+    if run.suffix == ".json":
+        return read_record(run)
     summary = json.loads((run / "summary.json").read_text())
     config = yaml.safe_load((run / "config.yaml").read_text())
     report = json.loads((run / "data_report.json").read_text()) if (run / "data_report.json").is_file() else {}
@@ -90,7 +108,8 @@ def table(runs: list[dict], cost: bool, changes: bool = True) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", type=Path, help="finished run folders; the first is the baseline")
+    p.add_argument("runs", nargs="+", type=Path,
+                   help="finished run folders or committed results records (.json); the first is the baseline")
     p.add_argument("--key", required=True, help="section key (and raw file name), e.g. robustness-minilm")
     p.add_argument("--title", required=True, help="the section's heading")
     p.add_argument("--page", default="none", help="markdown page whose section KEY is replaced (default: print only)")
@@ -99,7 +118,8 @@ def main(argv=None) -> int:
                    help="leave out the column of config keys each run changed (runs of unrelated configs)")
     p.add_argument("--note", action="append", default=[], help="a line under the table (repeatable)")
     args = p.parse_args(argv)
-    missing = [str(run) for run in args.runs if not (run / "summary.json").is_file()]
+    missing = [str(run) for run in args.runs
+               if not (run.is_file() if run.suffix == ".json" else (run / "summary.json").is_file())]
     if missing:
         p.error(f"not finished run folders (no summary.json): {', '.join(missing)}")
     runs = [read_run(run) for run in args.runs]

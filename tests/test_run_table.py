@@ -25,3 +25,18 @@ def test_run_table_reads_run_folders_and_names_what_each_changed(tiny_run, tmp_p
     with pytest.raises(SystemExit):
         run_table.main([str(tmp_path), "--key", "t", "--title", "T"])
     assert "not finished run folders" in capsys.readouterr().err
+
+
+def test_run_table_reads_a_committed_results_record_beside_a_run_folder(tiny_run, tmp_path, capsys):
+    # A run whose folder is gone is kept as benchmarks/results/<run>-<date>.json; the table takes it too.
+    from benchmarks import run_table
+
+    record = tmp_path / "quickstart-2026-01-01.json"
+    record.write_text(json.dumps({"config": "configs/quickstart.yaml", "train_rows": 9000, "epochs": 1,
+                                  "trainable_params": 75268, "test_accuracy": 0.9, "validation_accuracy": 0.89,
+                                  "eval_sets": {"shifted": {"accuracy": 0.915}}, "best_step": 250, "steps": 282,
+                                  "train_seconds": 150.0, "wall_seconds": 168.0}))
+    assert run_table.main([str(record), str(tiny_run), "--key", "t", "--title", "T", "--cost", "--no-changes"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[2].startswith("| quickstart | 0.89 | 0.915 | 0.9 |") and "| 9,000 | 1 | 250 of 282 | 3 min |" in rows[2]
+    assert rows[3].startswith("| tiny |")
