@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -389,12 +390,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 def command_line() -> str:
     script = Path(sys.argv[0]).resolve()
     shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
-    return " ".join(["python", str(shown), *sys.argv[1:]])
+    return shlex.join(["python", str(shown), *sys.argv[1:]])
 
 
-def section_head(title: str) -> list[str]:
-    """The first lines of every section: its title, the command that made it, and when and where."""
-    return [f"## {title}", "", f"Command: `{command_line()}`", "",
+def section_head(title: str, level: int = 2) -> list[str]:
+    """The first lines of every section: its title (a heading of ``level``), the command that made it, and when
+    and where."""
+    return [f"{'#' * level} {title}", "", f"Command: `{command_line()}`", "",
             f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {machine()}.", ""]
 
 

@@ -97,7 +97,7 @@ def table(runs: list[dict], cost: bool, changes: bool = True) -> str:
         row += [_delta(run["sets"].get(n), base["sets"].get(n)) for n in set_names]
         row += [_delta(run["test"], base["test"]), run["trainable"]]
         if cost:
-            hours = (run["train_seconds"] * run["threads"] / 3600
+            hours = (round(run["train_seconds"] * run["threads"] / 3600, 1)
                      if run["train_seconds"] is not None and run["threads"] else None)
             wall = f"{run['wall_seconds'] / 60:.0f} min" if run["wall_seconds"] else None
             row += [run["train_rows"], run["epochs"], f"{run['best_step']} of {run['steps']}", wall,
@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     p.add_argument("--cost", action="store_true", help="add rows, epochs, wall time, samples/s and CPU-hours")
     p.add_argument("--no-changes", action="store_true",
                    help="leave out the column of config keys each run changed (runs of unrelated configs)")
+    p.add_argument("--level", type=int, default=2, help="the section's heading level (3 inside a page's ## section)")
     p.add_argument("--note", action="append", default=[], help="a line under the table (repeatable)")
     args = p.parse_args(argv)
     missing = [str(run) for run in args.runs
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
     if missing:
         p.error(f"not finished run folders (no summary.json): {', '.join(missing)}")
     runs = [read_run(run) for run in args.runs]
-    body = "\n".join([*bc.section_head(args.title), table(runs, args.cost, not args.no_changes), "", *args.note])
+    body = "\n".join([*bc.section_head(args.title, args.level), table(runs, args.cost, not args.no_changes), "", *args.note])
     bc.publish_section(args.page, args.key, body)
     return 0
 
