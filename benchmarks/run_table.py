@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -70,7 +71,9 @@ def read_run(run: Path) -> dict:
     config = yaml.safe_load((run / "config.yaml").read_text())
     report = json.loads((run / "data_report.json").read_text()) if (run / "data_report.json").is_file() else {}
     sets = {name: result.get("accuracy") for name, result in summary.get("eval_sets", {}).items()}
-    return {"run": run.name, "config": _flat(config), "validation": summary.get("validation_accuracy"),
+    # A run's files kept under benchmarks/results/<run>-<date>/ are named for the run.
+    name = re.sub(r"-\d{4}-\d{2}-\d{2}$", "", run.name)
+    return {"run": name, "config": _flat(config), "validation": summary.get("validation_accuracy"),
             "sets": sets, "test": summary.get("test_accuracy"), "trainable": summary.get("trainable_params"),
             "train_rows": report.get("train_rows"), "epochs": config.get("train", {}).get("epochs"),
             "best_step": summary.get("best_step"), "steps": summary.get("steps"),

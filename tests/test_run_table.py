@@ -40,3 +40,12 @@ def test_run_table_reads_a_committed_results_record_beside_a_run_folder(tiny_run
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert rows[2].startswith("| quickstart | 0.89 | 0.915 | 0.9 |") and "| 9,000 | 1 | 250 of 282 | 3 min |" in rows[2]
     assert rows[3].startswith("| tiny |")
+
+
+def test_a_run_kept_under_a_dated_folder_is_named_for_the_run(tiny_run, tmp_path):
+    import shutil
+
+    from benchmarks import run_table
+
+    kept = shutil.copytree(tiny_run, tmp_path / "s2-layout-2026-12-04")
+    assert run_table.read_run(kept)["run"] == "s2-layout"
