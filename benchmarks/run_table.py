@@ -28,7 +28,6 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/run_table.py
 
 from benchmarks import common as bc
 
-_ROOT = Path(__file__).resolve().parents[1]
 _NOT_A_CHANGE = {"train.run_name", "train.output_dir", "train.quiet"}
 
 
@@ -48,19 +47,25 @@ def _changes(config: dict, baseline: dict) -> str:
     return ", ".join(f"{k}={config.get(k)}" for k in keys) or "baseline"
 
 
+def _figures(name: str, config: dict, summary: dict, train_rows, epochs) -> dict:
+    """One table row's figures from a run's summary (summary.json, or a results record holding the same keys)."""
+    sets = {set_name: result.get("accuracy") for set_name, result in summary.get("eval_sets", {}).items()}
+    return {"run": name, "config": _flat(config), "validation": summary.get("validation_accuracy"),
+            "sets": sets, "test": summary.get("test_accuracy"), "trainable": summary.get("trainable_params"),
+            "train_rows": train_rows, "epochs": epochs,
+            "best_step": summary.get("best_step"), "steps": summary.get("steps"),
+            "train_seconds": summary.get("train_seconds"), "wall_seconds": summary.get("wall_seconds"),
+            "samples_per_s": summary.get("train_samples_per_s"), "threads": summary.get("cpu_threads"),
+            "device": summary.get("device"), "base_dtype": summary.get("base_dtype")}
+
+
 def read_record(path: Path) -> dict:
     """The figures of a run whose folder is gone, from its committed results record
-    (benchmarks/results/<run>-<date>.json: the run's summary.json figures plus its rows and machine)."""
+    (benchmarks/results/<run>-<date>.json: the run's summary.json figures plus its config path, rows and epochs)."""
     record = json.loads(path.read_text())
-    config = yaml.safe_load((_ROOT / record["config"]).read_text()) if (_ROOT / record["config"]).is_file() else {}
-    sets = {name: result.get("accuracy") for name, result in record.get("eval_sets", {}).items()}
-    return {"run": Path(record["config"]).stem, "config": _flat(config), "validation": record.get("validation_accuracy"),
-            "sets": sets, "test": record.get("test_accuracy"), "trainable": record.get("trainable_params"),
-            "train_rows": record.get("train_rows"), "epochs": record.get("epochs"),
-            "best_step": record.get("best_step"), "steps": record.get("steps"),
-            "train_seconds": record.get("train_seconds"), "wall_seconds": record.get("wall_seconds"),
-            "samples_per_s": record.get("train_samples_per_s"), "threads": record.get("cpu_threads"),
-            "device": record.get("device"), "base_dtype": record.get("base_dtype")}
+    config_path = bc.REPO / record["config"]
+    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    return _figures(Path(record["config"]).stem, config, record, record.get("train_rows"), record.get("epochs"))
 
 
 def read_run(run: Path) -> dict:
@@ -70,16 +75,9 @@ def read_run(run: Path) -> dict:
     summary = json.loads((run / "summary.json").read_text())
     config = yaml.safe_load((run / "config.yaml").read_text())
     report = json.loads((run / "data_report.json").read_text()) if (run / "data_report.json").is_file() else {}
-    sets = {name: result.get("accuracy") for name, result in summary.get("eval_sets", {}).items()}
     # A run's files kept under benchmarks/results/<run>-<date>/ are named for the run.
     name = re.sub(r"-\d{4}-\d{2}-\d{2}$", "", run.name)
-    return {"run": name, "config": _flat(config), "validation": summary.get("validation_accuracy"),
-            "sets": sets, "test": summary.get("test_accuracy"), "trainable": summary.get("trainable_params"),
-            "train_rows": report.get("train_rows"), "epochs": config.get("train", {}).get("epochs"),
-            "best_step": summary.get("best_step"), "steps": summary.get("steps"),
-            "train_seconds": summary.get("train_seconds"), "wall_seconds": summary.get("wall_seconds"),
-            "samples_per_s": summary.get("train_samples_per_s"), "threads": summary.get("cpu_threads"),
-            "device": summary.get("device"), "base_dtype": summary.get("base_dtype")}
+    return _figures(name, config, summary, report.get("train_rows"), config.get("train", {}).get("epochs"))
 
 
 def _delta(value, base):
@@ -125,7 +123,7 @@ def main(argv=None) -> int:
     missing = [str(run) for run in args.runs
                if not (run.is_file() if run.suffix == ".json" else (run / "summary.json").is_file())]
     if missing:
-        p.error(f"not finished run folders (no summary.json): {', '.join(missing)}")
+        p.error(f"not finished run folders (no summary.json) or missing results records: {', '.join(missing)}")
     runs = [read_run(run) for run in args.runs]
     body = "\n".join([*bc.section_head(args.title, args.level), table(runs, args.cost, not args.no_changes), "", *args.note])
     bc.publish_section(args.page, args.key, body)
