@@ -50,10 +50,16 @@ def _changes(config: dict, baseline: dict) -> str:
 def _figures(name: str, config: dict, summary: dict, train_rows, epochs) -> dict:
     """One table row's figures from a run's summary (summary.json, or a results record holding the same keys)."""
     sets = {set_name: result.get("accuracy") for set_name, result in summary.get("eval_sets", {}).items()}
-    return {"run": name, "config": _flat(config), "validation": summary.get("validation_accuracy"),
+    flat, best_step = _flat(config), summary.get("best_step")
+    averaged = summary.get("averaged")
+    if averaged:  # `textlora average` wrote it: the model is a mean of checkpoints, not one of them
+        steps = "+".join(str(step) for step in averaged["steps"])
+        flat["checkpoints"] = f"{averaged['method']} average of steps {steps} (chosen on {averaged['metric']})"
+        best_step = f"mean of {len(averaged['steps'])}"
+    return {"run": name, "config": flat, "validation": summary.get("validation_accuracy"),
             "sets": sets, "test": summary.get("test_accuracy"), "trainable": summary.get("trainable_params"),
             "train_rows": train_rows, "epochs": epochs,
-            "best_step": summary.get("best_step"), "steps": summary.get("steps"),
+            "best_step": best_step, "steps": summary.get("steps"),
             "train_seconds": summary.get("train_seconds"), "wall_seconds": summary.get("wall_seconds"),
             "samples_per_s": summary.get("train_samples_per_s"), "threads": summary.get("cpu_threads"),
             "device": summary.get("device"), "base_dtype": summary.get("base_dtype")}

@@ -49,3 +49,19 @@ def test_a_run_kept_under_a_dated_folder_is_named_for_the_run(tiny_run, tmp_path
 
     kept = shutil.copytree(tiny_run, tmp_path / "s2-layout-2026-12-04")
     assert run_table.read_run(kept)["run"] == "s2-layout"
+
+
+def test_run_table_says_a_row_is_an_average_of_checkpoints(tiny_run, tmp_path, capsys):
+    # `textlora average` keeps the source's config; its summary says which checkpoints were averaged.
+    import shutil
+
+    from benchmarks import run_table
+
+    averaged = shutil.copytree(tiny_run, tmp_path / "tiny-avg")
+    summary = json.loads((averaged / "summary.json").read_text())
+    summary["averaged"] = {"steps": [10, 20, 30], "method": "greedy", "metric": "mean/accuracy"}
+    (averaged / "summary.json").write_text(json.dumps(summary))
+    assert run_table.main([str(tiny_run), str(averaged), "--key", "t", "--title", "T", "--cost"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert "checkpoints=greedy average of steps 10+20+30 (chosen on mean/accuracy)" in rows[3]
+    assert "| mean of 3 of " in rows[3]

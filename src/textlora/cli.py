@@ -53,6 +53,17 @@ def _rank_list(text: str) -> list[int]:
     return ranks
 
 
+def _step_list(text: str) -> list[int]:
+    """An argparse type: comma-separated checkpoint steps (``300,600``)."""
+    try:
+        steps = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of steps, e.g. 300,600") from None
+    if any(s < 0 for s in steps):
+        raise argparse.ArgumentTypeError(f"{text!r}: steps are 0 or more")
+    return steps
+
+
 def _data_source(args, run_dir: Path, path: Optional[str] = None):
     """The ``--data`` rows (or ``path``'s), read with the run's training options unless flags override them."""
     from textlora.run.load import data_source_like_training
@@ -147,6 +158,13 @@ def cmd_compare(args) -> None:
     from textlora.commands.compare import compare
 
     compare([Path(r) for r in args.runs], Path(args.output) if args.output else None)
+
+
+def cmd_average(args) -> None:
+    from textlora.commands.average import average
+
+    average(Path(args.run), args.steps, args.last, args.greedy, Path(args.output) if args.output else None,
+            args.device, args.batch_size, args.base_model, args.metric)
 
 
 def cmd_plan(args) -> None:
@@ -269,6 +287,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="two or more run folders")
     p.add_argument("--output", help="folder to write (default: compare-A-vs-B beside the first run)")
 
+    p = sub.add_parser("average", help="average a run's checkpoints into a new run folder (checkpoint averaging)")
+    p.add_argument("run", help="run folder with kept checkpoints (train.keep_last)")
+    p.add_argument("--steps", type=_step_list, help="the checkpoints' steps, comma-separated, e.g. 300,600,900 "
+                                                   "(default every kept checkpoint)")
+    p.add_argument("--last", type=_int_at_least(2, " (an average needs two checkpoints)"),
+                   help="the newest N kept checkpoints")
+    p.add_argument("--greedy", action="store_true",
+                   help="greedy soup: add checkpoints best-first, keeping each only if the mean scores no worse on "
+                        "train.metric_for_best (validation and eval sets)")
+    p.add_argument("--metric", help="what --greedy chooses on and the table shows, as train.metric_for_best "
+                                    "(e.g. mean/accuracy; default the run's own)")
+    p.add_argument("--output", help="folder to write (default RUN-avg beside the run)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    _add_base_model_flag(p)
+
     p = sub.add_parser("plan", help="LoRA configurations that fit a trainable-parameter budget, as a table and YAML")
     p.add_argument("--budget", type=int, required=True, help="most trainable parameters, e.g. 1000000")
     p.add_argument("--model", help="hub id or local folder (default: the --config's model, else roberta-base)")
@@ -303,6 +337,7 @@ COMMANDS = {
     "classify": cmd_classify,
     "report": cmd_report,
     "compare": cmd_compare,
+    "average": cmd_average,
     "plan": cmd_plan,
     "sweep": cmd_sweep,
     "export": cmd_export,

@@ -1,0 +1,275 @@
+"""Average stage: one model from the mean of a run's checkpoints, scored as training scores its evaluations.
+
+Checkpoint averaging (as in stochastic weight averaging, and the "model soups" of Wortsman et al., 2022)
+takes the trainable weights a run saved at several evaluations (LoRA's A and B matrices and the head) and
+averages them parameter by parameter. Points of one trajectory lie in one basin, so their mean is a model
+too, often flatter and better on text unlike the training rows than any one of them.
+
+* uniform: the mean of the chosen checkpoints (``--steps``, ``--last``, default every kept one).
+* greedy (``--greedy``): the "greedy soup": checkpoints in order of their logged ``train.metric_for_best``,
+  each kept in the mean only if the mean then scores at least as well on the run's validation split and
+  eval sets (the sets training chose on, never the test split).
+
+The source run is never changed: the average is written as a new run folder (default ``RUN-avg`` beside
+it) that evaluate, predict, report, export and serve read like any other. The run's test split, when its
+config has one, is scored once, on the model written, as training does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+from safetensors.torch import load_file
+
+from textlora.config import config_from_yaml_file
+from textlora.errors import RunFolderError, TextloraError
+from textlora.run.files import check_output_folder, folder_written_whole, read_json
+from textlora.run.layout import (ADAPTER_DIR, BUDGET_FILE, CHECKPOINTS_DIR, CONFIG_FILE, DATA_REPORT_FILE, EVAL_FILE,
+                                 LABELS_FILE, METRICS_FILE, PREDICTIONS_DIR, SUMMARY_FILE, TEST_EVAL_FILE,
+                                 TOKENIZER_DIR)
+from textlora.training import checkpoint as ckpt
+
+COPIED = (CONFIG_FILE, LABELS_FILE, BUDGET_FILE, DATA_REPORT_FILE, METRICS_FILE)
+"""Files of the source run that describe the average too (its config, labels, data and training curve)."""
+
+
+def pick_checkpoints(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional[int] = None) -> list[Path]:
+    """The checkpoint folders to average: those at ``steps``, or the newest ``last``, or every kept one.
+
+    Raises:
+        RunFolderError: a named step has no complete checkpoint, or fewer than two are left.
+    """
+    kept = [folder for folder in ckpt.list_checkpoints(Path(run_dir) / CHECKPOINTS_DIR) if ckpt.is_valid(folder)]
+    by_step = {_step_of(folder): folder for folder in kept}
+    keep_more = ("train with a larger train.keep_last to keep more (each checkpoint holds only the trainable "
+                 "weights and optimizer state, a few MB)")
+    if steps:
+        missing = [s for s in steps if s not in by_step]
+        if missing:
+            raise RunFolderError(f"{run_dir} has no complete checkpoint at step {missing[0]}; it keeps steps "
+                                 f"{_steps_text(by_step)}; {keep_more}")
+        chosen = [by_step[s] for s in sorted(set(steps))]
+    else:
+        chosen = kept[-last:] if last else kept
+    if len(chosen) < 2:
+        raise RunFolderError(f"averaging needs at least two checkpoints, and {run_dir} gives "
+                             f"{len(chosen)} (it keeps steps {_steps_text(by_step)}); {keep_more}")
+    return chosen
+
+
+def _step_of(folder: Path) -> int:
+    return int(folder.name.split("-")[1])
+
+
+def _steps_text(by_step: dict) -> str:
+    return ", ".join(str(s) for s in sorted(by_step)) or "none"
+
+
+def mean_state(states: Sequence[dict]) -> dict:
+    """The parameter-wise mean of trainable states (``{name: tensor}``, all with the same names)."""
+    names = set(states[0])
+    for state in states[1:]:
+        if set(state) != names:
+            raise RunFolderError("the checkpoints hold different weights (were they written by one run?)")
+    return {name: sum(state[name].float() for state in states) / len(states) for name in states[0]}
+
+
+class Scorer:
+    """Scores trainable weights on the run's validation split and eval sets, the way training scored them."""
+
+    def __init__(self, run_dir: Path, spec: str, device: str, batch_size: int, base_model: Optional[str]):
+        """``spec``: what to choose on, a ``train.metric_for_best`` value (see :func:`choice_metric`)."""
+        from textlora.data.prepare import prepare_training_data
+        from textlora.run.load import load_run
+
+        # Unmerged: each scored state is copied into the LoRA weights, which a merged model no longer has.
+        self.run = load_run(run_dir, device=device, merge=False, base_model=base_model)
+        config = self.run.config
+        self.data = prepare_training_data(config.data, config.train.seed)  # the same carved validation split
+        self.spec, self.batch_size = spec, batch_size
+        self.names = self.run.label_map.names
+
+    def score(self, state: dict, where: str) -> dict:
+        """``{"validation": metrics, "sets": {name: metrics}, "value": selection value, "probs": ...}``."""
+        from textlora.run.metrics import classification_metrics
+        from textlora.training.eval_sets import selection_value
+
+        ckpt.load_trainable(self.run.model, state, where)
+        splits = {"validation": self.data.validation, **self.data.eval_sets}
+        probs = {name: self.run.probabilities(split.texts, self.batch_size)[0] for name, split in splits.items()}
+        metrics = {name: classification_metrics(splits[name].labels, p, self.names) for name, p in probs.items()}
+        validation = metrics.pop("validation")
+        return {"validation": validation, "sets": metrics, "value": selection_value(self.spec, validation, metrics),
+                "probs": probs}
+
+    def better_or_equal(self, value: float, than: float) -> bool:
+        from textlora.training.eval_sets import lower_is_better
+
+        return value <= than if lower_is_better(self.spec) else value >= than
+
+
+def choice_metric(config, metric: Optional[str]) -> str:
+    """``--metric`` checked against the run's eval sets as ``train.metric_for_best`` is; default the run's own."""
+    from dataclasses import replace
+
+    from textlora.errors import ConfigError
+
+    if metric is None:
+        return config.train.metric_for_best
+    try:
+        replace(config, train=replace(config.train, metric_for_best=metric))
+    except ConfigError as exc:
+        raise TextloraError(f"--metric: {exc}".replace("train.metric_for_best: ", "")) from None
+    return metric
+
+
+def logged_values(run_dir: Path, spec: str) -> dict[int, float]:
+    """``{step: value of train.metric_for_best}`` of every evaluation in the run's metrics.jsonl."""
+    from textlora.training.eval_sets import selection_value
+
+    values = {}
+    path = Path(run_dir) / METRICS_FILE
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        record = json.loads(line)
+        if record.get("kind") == "eval":
+            values[record["step"]] = selection_value(spec, record, record.get("sets", {}))
+    return values
+
+
+def greedy_soup(scorer: Scorer, folders: list[Path], logged: dict[int, float]) -> tuple[list[int], dict, list[dict]]:
+    """Greedy soup: the best-logged checkpoint first, then each next one kept only if the mean scores no worse.
+
+    Returns the steps kept, the mean's score, and one line per checkpoint tried (for the printed table).
+    """
+    from textlora.training.eval_sets import lower_is_better
+
+    sign = 1 if lower_is_better(scorer.spec) else -1
+    # Checkpoints without an evaluation (taken at an interrupt) are tried last.
+    order = sorted(folders, key=lambda f: (_step_of(f) not in logged, sign * logged.get(_step_of(f), 0.0)))
+    states = {folder: load_file(str(folder / "trainable.safetensors")) for folder in order}
+    kept, tried = [order[0]], []
+    current = scorer.score(states[order[0]], f"checkpoint {order[0]}")
+    tried.append({"step": _step_of(order[0]), "value": current["value"], "kept": True})
+    for folder in order[1:]:
+        candidate = scorer.score(mean_state([states[f] for f in kept + [folder]]), "the averaged weights")
+        keep = scorer.better_or_equal(candidate["value"], current["value"])
+        tried.append({"step": _step_of(folder), "value": candidate["value"], "kept": keep})
+        if keep:
+            kept, current = kept + [folder], candidate
+    scorer.score(mean_state([states[f] for f in kept]), "the averaged weights")  # leave the kept mean loaded
+    return sorted(_step_of(f) for f in kept), current, tried
+
+
+def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional[int] = None, greedy: bool = False,
+            output: Optional[Path] = None, device: str = "auto", batch_size: int = 64,
+            base_model: Optional[str] = None, metric: Optional[str] = None) -> Path:
+    """Average checkpoints of ``run_dir`` into a new run folder; returns it.
+
+    Args:
+        steps / last: which checkpoints (default every kept one); ``greedy`` then chooses among them.
+        metric: what greedy chooses on and the table shows, a ``train.metric_for_best`` value (default the run's).
+        output: the folder to write (default ``RUN-avg`` beside the run); an earlier output of this command
+            is replaced, any other folder with files in it is refused.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunFolderError(f"{run_dir} is not a run folder (no {CONFIG_FILE}); pass the folder `textlora train` "
+                             "printed")
+    if steps and last:
+        raise TextloraError("--steps and --last both choose checkpoints; give one of them")
+    folders = pick_checkpoints(run_dir, steps, last)
+    output = Path(output) if output else run_dir.with_name(f"{run_dir.name}-avg")
+    if output.resolve() == run_dir.resolve():
+        raise TextloraError(f"--output {output} is the run itself; the average goes to a folder of its own")
+    check_output_folder(output, SUMMARY_FILE, "--output")  # before the model loads: a refusal costs nothing
+    spec = choice_metric(config_from_yaml_file(run_dir / CONFIG_FILE), metric)
+    source_summary = read_json(run_dir / SUMMARY_FILE, required=False, damaged_ok=True)
+    scorer = Scorer(run_dir, spec, device, batch_size, base_model)
+    logged = logged_values(run_dir, scorer.spec)
+    # The run's own best model (its checkpoint is always kept), scored by the same code as the average.
+    reference_step = source_summary.get("best_step")
+    best = next((f for f in ckpt.list_checkpoints(run_dir / CHECKPOINTS_DIR)
+                 if _step_of(f) == reference_step and ckpt.is_valid(f)), None)
+    reference = None if best is None else \
+        scorer.score(load_file(str(best / "trainable.safetensors")), f"checkpoint {best}")
+    if greedy:
+        chosen, result, tried = greedy_soup(scorer, folders, logged)
+    else:
+        chosen = [_step_of(f) for f in folders]
+        result = scorer.score(mean_state([load_file(str(f / "trainable.safetensors")) for f in folders]),
+                              "the averaged weights")
+        tried = []
+    with folder_written_whole(output, SUMMARY_FILE, "--output") as tmp:
+        summary = _write_folder(tmp, run_dir, output, scorer, result, source_summary, chosen, greedy, reference)
+    print(_table(scorer, chosen, result, reference, reference_step, tried, summary.get("test_accuracy")))
+    print(f"\nwrote {output}")
+    return output
+
+
+def _write_folder(tmp: Path, run_dir: Path, output: Path, scorer: Scorer, result: dict, source_summary: dict,
+                  chosen: list[int], greedy: bool, reference: Optional[dict]) -> dict:
+    """Fill ``tmp`` (to become the run folder ``output``) with the loaded, averaged model; returns its summary."""
+    from textlora.run.metrics import classification_metrics, write_metrics
+    from textlora.run.records import save_predictions
+    from textlora.training.eval_sets import headline, write_final
+
+    for name in COPIED:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, tmp / name)
+    shutil.copytree(run_dir / TOKENIZER_DIR, tmp / TOKENIZER_DIR)
+    scorer.run.model.save_pretrained(tmp / ADAPTER_DIR)
+    data, names, step = scorer.data, scorer.names, max(chosen)
+    averaged = {"from": str(run_dir.resolve()), "steps": chosen, "method": "greedy" if greedy else "uniform",
+                "metric": scorer.spec}
+    write_metrics(tmp / EVAL_FILE, {**result["validation"], "split": "validation", "step": step, "averaged": averaged})
+    save_predictions(tmp / PREDICTIONS_DIR / "validation.csv", data.validation.texts, data.validation.labels,
+                     result["probs"]["validation"], names)
+    if result["sets"]:
+        write_final(tmp, data.eval_sets, scorer.run.config.data.eval_sets, result["sets"],
+                    {name: result["probs"][name] for name in result["sets"]}, names, step)
+    summary = {**source_summary, "run_dir": str(output), "best_metric": scorer.spec, "best_value": result["value"],
+               "best_step": step,
+               "validation_accuracy": result["validation"]["accuracy"], "averaged": averaged}
+    if reference is not None:
+        summary["averaged"]["run_best_value"] = reference["value"]
+    if result["sets"]:
+        summary["eval_sets"] = {name: headline(metrics) for name, metrics in result["sets"].items()}
+    summary.pop("test_accuracy", None)
+    if data.test is not None:  # scored once, on the model written; never used to choose
+        probs, _ = scorer.run.probabilities(data.test.texts, scorer.batch_size)
+        test = classification_metrics(data.test.labels, probs, names)
+        summary["test_accuracy"] = test["accuracy"]
+        write_metrics(tmp / TEST_EVAL_FILE, {**test, "split": "test", "data": scorer.run.config.data.test.path})
+        save_predictions(tmp / PREDICTIONS_DIR / "test.csv", data.test.texts, data.test.labels, probs, names)
+    (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _table(scorer: Scorer, chosen: list[int], result: dict, reference: Optional[dict], reference_step,
+           tried: list[dict], test_accuracy: Optional[float]) -> str:
+    """Validation and each eval set's accuracy of the run's best checkpoint and of the average."""
+    set_names = list(result["sets"])
+    head = f"{'model':<34}{'validation':>12}" + "".join(f"{n:>12}" for n in set_names) + f"{scorer.spec:>22}"
+    lines = [head]
+
+    def row(title: str, score: dict) -> str:
+        return (f"{title:<34}{score['validation']['accuracy']:>12.4f}" +
+                "".join(f"{score['sets'][n]['accuracy']:>12.4f}" for n in set_names) + f"{score['value']:>22.4f}")
+
+    if reference is not None:
+        lines.append(row(f"run's best (step {reference_step})", reference))
+    lines.append(row(f"average of {len(chosen)} (steps {_short(chosen)})", result))
+    if tried:
+        lines.append("\ngreedy: " + "; ".join(f"step {t['step']} {'kept' if t['kept'] else 'left out'} "
+                                               f"({t['value']:.4f})" for t in tried))
+    if test_accuracy is not None:
+        lines.append(f"\ntest accuracy of the average: {test_accuracy:.4f} (scored once, not used to choose)")
+    return "\n".join(lines)
+
+
+def _short(steps: list[int]) -> str:
+    text = ",".join(str(s) for s in steps)
+    return text if len(text) <= 18 else f"{steps[0]}..{steps[-1]}"
