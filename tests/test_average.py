@@ -62,9 +62,10 @@ def test_uniform_average_is_the_parameter_mean_and_a_run_folder_evaluate_reads(r
 
 def test_greedy_soup_starts_from_the_best_logged_checkpoint(run, tmp_path, capsys):
     out = tmp_path / "soup"
-    assert main(["average", str(run), "--greedy", "--metric", "mean/accuracy", "--output", str(out)]) == 0
+    assert main(["average", str(run), "--greedy", "--metric", "mean/accuracy", "--no-test", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
+    assert "test_accuracy" not in summary and not (out / "test_eval.json").exists()  # --no-test
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [e for e in evals if e["kind"] == "eval"]
     first = max(evals, key=lambda e: (e["accuracy"] + e["sets"]["titles"]["accuracy"]) / 2)["step"]

@@ -164,7 +164,7 @@ def cmd_average(args) -> None:
     from textlora.commands.average import average
 
     average(Path(args.run), args.steps, args.last, args.greedy, Path(args.output) if args.output else None,
-            args.device, args.batch_size, args.base_model, args.metric)
+            args.device, args.batch_size, args.base_model, args.metric, not args.no_test)
 
 
 def cmd_plan(args) -> None:
@@ -298,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "train.metric_for_best (validation and eval sets)")
     p.add_argument("--metric", help="what --greedy chooses on and the table shows, as train.metric_for_best "
                                     "(e.g. mean/accuracy; default the run's own)")
+    p.add_argument("--no-test", action="store_true",
+                   help="do not score the config's test split (slow on a base-size model on CPU; `textlora evaluate` "
+                        "scores it later)")
     p.add_argument("--output", help="folder to write (default RUN-avg beside the run)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--batch-size", type=positive_int, default=64)

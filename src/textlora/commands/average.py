@@ -97,13 +97,17 @@ class Scorer:
         from textlora.run.metrics import classification_metrics
         from textlora.training.eval_sets import selection_value
 
-        ckpt.load_trainable(self.run.model, state, where)
+        ckpt.load_trainable(self.run.model, state, f"the weights of {where}")
         splits = {"validation": self.data.validation, **self.data.eval_sets}
         probs = {name: self.run.probabilities(split.texts, self.batch_size)[0] for name, split in splits.items()}
         metrics = {name: classification_metrics(splits[name].labels, p, self.names) for name, p in probs.items()}
         validation = metrics.pop("validation")
-        return {"validation": validation, "sets": metrics, "value": selection_value(self.spec, validation, metrics),
-                "probs": probs}
+        value = selection_value(self.spec, validation, metrics)
+        # Each score is a pass over every set: on a base-size model on CPU, minutes; say what each gave.
+        print(f"[average] {where}: validation accuracy {validation['accuracy']:.4f}" +
+              "".join(f", {name} {m['accuracy']:.4f}" for name, m in metrics.items()) + f"; {self.spec} {value:.4f}",
+              flush=True)
+        return {"validation": validation, "sets": metrics, "value": value, "probs": probs}
 
     def better_or_equal(self, value: float, than: float) -> bool:
         from textlora.training.eval_sets import lower_is_better
@@ -151,26 +155,29 @@ def greedy_soup(scorer: Scorer, folders: list[Path], logged: dict[int, float]) -
     order = sorted(folders, key=lambda f: (_step_of(f) not in logged, sign * logged.get(_step_of(f), 0.0)))
     states = {folder: load_file(str(folder / "trainable.safetensors")) for folder in order}
     kept, tried = [order[0]], []
-    current = scorer.score(states[order[0]], f"checkpoint {order[0]}")
+    current = scorer.score(states[order[0]], f"step {_step_of(order[0])}")
     tried.append({"step": _step_of(order[0]), "value": current["value"], "kept": True})
     for folder in order[1:]:
-        candidate = scorer.score(mean_state([states[f] for f in kept + [folder]]), "the averaged weights")
+        steps = "+".join(str(_step_of(f)) for f in kept + [folder])
+        candidate = scorer.score(mean_state([states[f] for f in kept + [folder]]), f"mean of steps {steps}")
         keep = scorer.better_or_equal(candidate["value"], current["value"])
         tried.append({"step": _step_of(folder), "value": candidate["value"], "kept": keep})
         if keep:
             kept, current = kept + [folder], candidate
-    scorer.score(mean_state([states[f] for f in kept]), "the averaged weights")  # leave the kept mean loaded
+    # Leave the kept mean loaded, to be written.
+    ckpt.load_trainable(scorer.run.model, mean_state([states[f] for f in kept]), "the averaged weights")
     return sorted(_step_of(f) for f in kept), current, tried
 
 
 def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional[int] = None, greedy: bool = False,
             output: Optional[Path] = None, device: str = "auto", batch_size: int = 64,
-            base_model: Optional[str] = None, metric: Optional[str] = None) -> Path:
+            base_model: Optional[str] = None, metric: Optional[str] = None, test: bool = True) -> Path:
     """Average checkpoints of ``run_dir`` into a new run folder; returns it.
 
     Args:
         steps / last: which checkpoints (default every kept one); ``greedy`` then chooses among them.
         metric: what greedy chooses on and the table shows, a ``train.metric_for_best`` value (default the run's).
+        test: score the config's test split on the model written (``--no-test``: leave it to ``textlora evaluate``).
         output: the folder to write (default ``RUN-avg`` beside the run); an earlier output of this command
             is replaced, any other folder with files in it is refused.
     """
@@ -194,23 +201,23 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
     best = next((f for f in ckpt.list_checkpoints(run_dir / CHECKPOINTS_DIR)
                  if _step_of(f) == reference_step and ckpt.is_valid(f)), None)
     reference = None if best is None else \
-        scorer.score(load_file(str(best / "trainable.safetensors")), f"checkpoint {best}")
+        scorer.score(load_file(str(best / "trainable.safetensors")), f"the run's best, step {reference_step}")
     if greedy:
         chosen, result, tried = greedy_soup(scorer, folders, logged)
     else:
         chosen = [_step_of(f) for f in folders]
         result = scorer.score(mean_state([load_file(str(f / "trainable.safetensors")) for f in folders]),
-                              "the averaged weights")
+                              f"mean of {len(folders)} checkpoints")
         tried = []
     with folder_written_whole(output, SUMMARY_FILE, "--output") as tmp:
-        summary = _write_folder(tmp, run_dir, output, scorer, result, source_summary, chosen, greedy, reference)
+        summary = _write_folder(tmp, run_dir, output, scorer, result, source_summary, chosen, greedy, reference, test)
     print(_table(scorer, chosen, result, reference, reference_step, tried, summary.get("test_accuracy")))
     print(f"\nwrote {output}")
     return output
 
 
 def _write_folder(tmp: Path, run_dir: Path, output: Path, scorer: Scorer, result: dict, source_summary: dict,
-                  chosen: list[int], greedy: bool, reference: Optional[dict]) -> dict:
+                  chosen: list[int], greedy: bool, reference: Optional[dict], test: bool) -> dict:
     """Fill ``tmp`` (to become the run folder ``output``) with the loaded, averaged model; returns its summary."""
     from textlora.run.metrics import classification_metrics, write_metrics
     from textlora.run.records import save_predictions
@@ -238,7 +245,7 @@ def _write_folder(tmp: Path, run_dir: Path, output: Path, scorer: Scorer, result
     if result["sets"]:
         summary["eval_sets"] = {name: headline(metrics) for name, metrics in result["sets"].items()}
     summary.pop("test_accuracy", None)
-    if data.test is not None:  # scored once, on the model written; never used to choose
+    if data.test is not None and test:  # scored once, on the model written; never used to choose
         probs, _ = scorer.run.probabilities(data.test.texts, scorer.batch_size)
         test = classification_metrics(data.test.labels, probs, names)
         summary["test_accuracy"] = test["accuracy"]
