@@ -56,6 +56,10 @@ def test_uniform_average_is_the_parameter_mean_and_a_run_folder_evaluate_reads(r
     assert main(["evaluate", str(out), "--data", str(AGNEWS_SMALL)]) == 0
     again = json.loads((out / "evaluations" / f"{AGNEWS_SMALL.stem}.json").read_text())
     assert again["accuracy"] == pytest.approx(summary["test_accuracy"])
+    # Its report names the checkpoints it is the mean of, not one step.
+    assert main(["report", str(out)]) == 0
+    assert f"uniform average (`textlora average`) of steps {'+'.join(map(str, steps))}" in \
+        (out / "report" / "report.md").read_text()
     # The source run is untouched.
     assert not (run / "evaluations").exists() and "averaged" not in json.loads((run / "summary.json").read_text())
 
@@ -104,3 +108,11 @@ def test_a_folder_it_did_not_write_is_never_replaced(run, tmp_path, capsys):
     assert "already exists" in err.err and "[data]" not in err.out  # refused before the model and data load
     assert (mine / "notes.txt").read_text() == "keep me"
     assert main(["average", str(run), "--last", "2", "--output", str(run)]) == 2
+
+
+def test_the_python_api_averages_too(run, tmp_path):
+    import textlora
+
+    out = textlora.average(run, last=2, output=tmp_path / "api")
+    assert out == tmp_path / "api"
+    assert json.loads((out / "summary.json").read_text())["averaged"]["steps"] == _steps(run)[-2:]

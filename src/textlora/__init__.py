@@ -6,7 +6,7 @@ The public API (see :mod:`textlora.api`) is loaded lazily, so ``import textlora`
 
 __version__ = "0.1.0"
 
-__all__ = ["load_config", "train", "load_run", "evaluate", "predict", "classify", "report"]
+__all__ = ["load_config", "train", "load_run", "evaluate", "predict", "classify", "report", "average"]
 
 
 def __getattr__(name: str):

@@ -4,6 +4,7 @@
     config = textlora.load_config("configs/quickstart.yaml", ["train.epochs=1"])
     run_dir = textlora.train(config)
     textlora.report(run_dir)
+    averaged = textlora.average(run_dir, greedy=True)   # needs kept checkpoints (train.keep_last)
     textlora.classify(run_dir, ["Stocks rallied as the Fed held rates."])
     textlora.predict(run_dir, "test.csv", "submission.csv")
     textlora.evaluate(run_dir, "test.csv")
@@ -77,3 +78,12 @@ def report(run_dir: PathLike) -> Path:
     from textlora.commands.report import write_report
 
     return write_report(Path(run_dir))
+
+
+def average(run_dir: PathLike, steps: Optional[Sequence[int]] = None, last: Optional[int] = None,
+            greedy: bool = False, metric: Optional[str] = None, output: Optional[PathLike] = None) -> Path:
+    """The mean of the run's kept checkpoints (``greedy``: the greedy soup on ``metric``) as a new run folder
+    (default ``RUN-avg``); returns that folder. See ``textlora average --help``."""
+    from textlora.commands.average import average as run_average
+
+    return run_average(Path(run_dir), steps, last, greedy, Path(output) if output else None, metric=metric)

@@ -3,12 +3,13 @@
 Checkpoint averaging (as in stochastic weight averaging, and the "model soups" of Wortsman et al., 2022)
 takes the trainable weights a run saved at several evaluations (LoRA's A and B matrices and the head) and
 averages them parameter by parameter. Points of one trajectory lie in one basin, so their mean is a model
-too, often flatter and better on text unlike the training rows than any one of them.
+too, and it can keep more of what early and late checkpoints each do well than any one of them
+(docs/robustness.md measures it).
 
 * uniform: the mean of the chosen checkpoints (``--steps``, ``--last``, default every kept one).
-* greedy (``--greedy``): the "greedy soup": checkpoints in order of their logged ``train.metric_for_best``,
-  each kept in the mean only if the mean then scores at least as well on the run's validation split and
-  eval sets (the sets training chose on, never the test split).
+* greedy (``--greedy``): the "greedy soup": checkpoints in order of their logged ``train.metric_for_best``
+  (or ``--metric``), each kept in the mean only if the mean then scores at least as well on the run's
+  validation split and eval sets, never on the test split.
 
 The source run is never changed: the average is written as a new run folder (default ``RUN-avg`` beside
 it) that evaluate, predict, report, export and serve read like any other. The run's test split, when its

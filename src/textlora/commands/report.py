@@ -79,7 +79,7 @@ def _header(run: RunData) -> str:
     if "validation" in run.evals:
         v = run.evals["validation"]
         lines.append(f"| validation accuracy ({v['rows']:,} rows) | {v['accuracy']:.4f} (macro-F1 {v['macro_f1']:.4f}) |")
-    lines += [f"| best {s.get('best_metric')} | {s.get('best_value'):.4f} at step {s.get('best_step')} of {s.get('steps')} |"
+    lines += [f"| best {s.get('best_metric')} | {s.get('best_value'):.4f} at {_which_model(s)} of {s.get('steps')} |"
               if s.get("best_value") is not None else "| best | n/a |",
               f"| trainable parameters | {s.get('trainable_params', 0):,} |",
               f"| wall time (load, tokenize, train, evaluate) | {_fmt_seconds(s.get('wall_seconds'))} |",
@@ -87,6 +87,15 @@ def _header(run: RunData) -> str:
               f"| training throughput | {s.get('train_samples_per_s', 0):,.1f} samples/s, "
               f"{s.get('train_tokens_per_s', 0):,.0f} tokens/s |"]
     return "\n".join(lines)
+
+
+def _which_model(summary: dict) -> str:
+    """``step N``, or for a model `textlora average` wrote, the checkpoints it is the mean of."""
+    averaged = summary.get("averaged")
+    if not averaged:
+        return f"step {summary.get('best_step')}"
+    steps = "+".join(str(step) for step in averaged["steps"])
+    return f"the {averaged['method']} average (`textlora average`) of steps {steps}"
 
 
 def _data_section(run: RunData, out: Path) -> str:
@@ -118,7 +127,9 @@ def _data_section(run: RunData, out: Path) -> str:
 
 
 def _training_section(run: RunData, out: Path) -> str:
-    plots.training_curves(run.train_log, run.eval_log, out / "training_curves.png", run.summary.get("best_step"))
+    # An average of checkpoints (`textlora average`) has no one step to mark on the curves.
+    best_step = None if run.summary.get("averaged") else run.summary.get("best_step")
+    plots.training_curves(run.train_log, run.eval_log, out / "training_curves.png", best_step)
     lines = ["## Training", "", "![training curves](training_curves.png)", ""]
     if not run.eval_log.empty:
         sets = eval_set_names(run.eval_log)
@@ -181,7 +192,7 @@ def _robustness_section(run: RunData) -> str:
     columns = {name: metrics for name, metrics in columns.items() if metrics}
     names = next(iter(columns.values()))["label_names"]
     lines = ["## Robustness", "",
-             f"The best model (step {run.summary.get('best_step')}, picked by `{run.summary.get('best_metric')}`) on "
+             f"The best model ({_which_model(run.summary)}, picked by `{run.summary.get('best_metric')}`) on "
              "the validation split and on each `data.eval_sets` set (never trained on).", "",
              "| set | rows | accuracy | macro-F1 | loss |", "| --- | ---: | ---: | ---: | ---: |"]
     for name, metrics in columns.items():
