@@ -54,7 +54,8 @@ def _figures(name: str, config: dict, summary: dict, train_rows, epochs) -> dict
     averaged = summary.get("averaged")
     if averaged:  # `textlora average` wrote it: the model is a mean of checkpoints, not one of them
         steps = "+".join(str(step) for step in averaged["steps"])
-        flat["checkpoints"] = f"{averaged['method']} average of steps {steps} (chosen on {averaged['metric']})"
+        chosen = f" (chosen on {averaged['metric']})" if averaged["method"] == "greedy" else ""
+        flat["checkpoints"] = f"{averaged['method']} average of steps {steps}{chosen}"
         best_step = f"mean of {len(averaged['steps'])}"
     return {"run": name, "config": flat, "validation": summary.get("validation_accuracy"),
             "sets": sets, "test": summary.get("test_accuracy"), "trainable": summary.get("trainable_params"),

@@ -144,9 +144,11 @@ def logged_values(run_dir: Path, spec: str) -> dict[int, float]:
     return values
 
 
-def greedy_soup(scorer: Scorer, folders: list[Path], logged: dict[int, float]) -> tuple[list[int], dict, list[dict]]:
+def greedy_soup(scorer: Scorer, folders: list[Path], logged: dict[int, float],
+                known: Optional[tuple[int, dict]] = None) -> tuple[list[int], dict, list[dict]]:
     """Greedy soup: the best-logged checkpoint first, then each next one kept only if the mean scores no worse.
 
+    ``known``: ``(step, score)`` of a checkpoint already scored (the run's best), not scored again.
     Returns the steps kept, the mean's score, and one line per checkpoint tried (for the printed table).
     """
     from textlora.training.eval_sets import lower_is_better
@@ -156,8 +158,9 @@ def greedy_soup(scorer: Scorer, folders: list[Path], logged: dict[int, float]) -
     order = sorted(folders, key=lambda f: (_step_of(f) not in logged, sign * logged.get(_step_of(f), 0.0)))
     states = {folder: load_file(str(folder / "trainable.safetensors")) for folder in order}
     kept, tried = [order[0]], []
-    current = scorer.score(states[order[0]], f"step {_step_of(order[0])}")
-    tried.append({"step": _step_of(order[0]), "value": current["value"], "kept": True})
+    first = _step_of(order[0])
+    current = known[1] if known and known[0] == first else scorer.score(states[order[0]], f"step {first}")
+    tried.append({"step": first, "value": current["value"], "kept": True})
     for folder in order[1:]:
         steps = "+".join(str(_step_of(f)) for f in kept + [folder])
         candidate = scorer.score(mean_state([states[f] for f in kept + [folder]]), f"mean of steps {steps}")
@@ -204,7 +207,8 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
     reference = None if best is None else \
         scorer.score(load_file(str(best / "trainable.safetensors")), f"the run's best, step {reference_step}")
     if greedy:
-        chosen, result, tried = greedy_soup(scorer, folders, logged)
+        chosen, result, tried = greedy_soup(scorer, folders, logged,
+                                            (reference_step, reference) if reference else None)
     else:
         chosen = [_step_of(f) for f in folders]
         result = scorer.score(mean_state([load_file(str(f / "trainable.safetensors")) for f in folders]),
@@ -260,16 +264,14 @@ def _table(scorer: Scorer, chosen: list[int], result: dict, reference: Optional[
            tried: list[dict], test_accuracy: Optional[float]) -> str:
     """Validation and each eval set's accuracy of the run's best checkpoint and of the average."""
     set_names = list(result["sets"])
-    head = f"{'model':<34}{'validation':>12}" + "".join(f"{n:>12}" for n in set_names) + f"{scorer.spec:>22}"
-    lines = [head]
-
-    def row(title: str, score: dict) -> str:
-        return (f"{title:<34}{score['validation']['accuracy']:>12.4f}" +
-                "".join(f"{score['sets'][n]['accuracy']:>12.4f}" for n in set_names) + f"{score['value']:>22.4f}")
-
-    if reference is not None:
-        lines.append(row(f"run's best (step {reference_step})", reference))
-    lines.append(row(f"average of {len(chosen)} (steps {_short(chosen)})", result))
+    rows = ([(f"run's best (step {reference_step})", reference)] if reference is not None else []) + \
+        [(f"average of {len(chosen)} (steps {_short(chosen)})", result)]
+    width = max(len(title) for title, _ in rows) + 2
+    lines = [f"{'model':<{width}}{'validation':>12}" + "".join(f"{n:>12}" for n in set_names) +
+             f"{scorer.spec:>22}"]
+    for title, score in rows:
+        lines.append(f"{title:<{width}}{score['validation']['accuracy']:>12.4f}" +
+                     "".join(f"{score['sets'][n]['accuracy']:>12.4f}" for n in set_names) + f"{score['value']:>22.4f}")
     if tried:
         lines.append("\ngreedy: " + "; ".join(f"step {t['step']} {'kept' if t['kept'] else 'left out'} "
                                                f"({t['value']:.4f})" for t in tried))
