@@ -54,7 +54,8 @@ def _figures(name: str, config: dict, summary: dict, train_rows, epochs) -> dict
     averaged = summary.get("averaged")
     if averaged:  # `textlora average` wrote it: the model is a mean of checkpoints, not one of them
         steps = "+".join(str(step) for step in averaged["steps"])
-        chosen = f" (chosen on {averaged['metric']})" if averaged["method"] == "greedy" else ""
+        metric = averaged.get("metric", summary.get("best_metric"))  # averages before --metric: the run's own
+        chosen = f" (chosen on {metric})" if averaged["method"] == "greedy" else ""
         flat["checkpoints"] = f"{averaged['method']} average of steps {steps}{chosen}"
         best_step = f"mean of {len(averaged['steps'])}"
     return {"run": name, "config": flat, "validation": summary.get("validation_accuracy"),

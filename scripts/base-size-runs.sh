@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Trains the base-size runs behind the README's results table, one after another, on all-mpnet-base-v2:
 #   configs/agnews-mpnet-r4-qkv.yaml (S1's recipe), configs/agnews-mpnet-best.yaml,
-#   configs/agnews-mpnet-r8-qv-top4.yaml (S2's recipe).
+#   configs/agnews-mpnet-r8-qv-top4.yaml (S2's recipe). The best run is then averaged as the published model was:
+#   the greedy soup of its kept checkpoints (`textlora average --greedy`, into runs/agnews-mpnet-best-avg).
 # On a CPU each takes hours. Run it again after an interruption: a finished run (summary.json) is kept, an
 # unfinished one continues from its newest checkpoint (`textlora train --resume`), a missing one starts.
 #
@@ -25,3 +26,6 @@ for config in "${CONFIGS[@]}"; do
         textlora train --config "$config" train.quiet=true
     fi
 done
+if [ -f runs/agnews-mpnet-best/summary.json ] && [ ! -f runs/agnews-mpnet-best-avg/summary.json ]; then
+    textlora average runs/agnews-mpnet-best --greedy
+fi
