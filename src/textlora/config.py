@@ -262,7 +262,8 @@ class TrainConfig:
     patience: Optional[int] = None
     """Early stopping: stop after this many evaluations without improvement; null disables it."""
     keep_last: int = 2
-    """Checkpoints kept on disk (the best one is always kept as well)."""
+    """Checkpoints kept on disk (the best one is always kept as well); keep more to average them afterwards
+    (``textlora average``, [robustness.md](robustness.md))."""
     seed: int = 42
     """Seeds the split, data order, initialisation and dropout."""
     output_dir: str = "runs"
