@@ -42,26 +42,22 @@ positive_int = _int_at_least(1)
 _NUM_LABELS = _int_at_least(2, " (a classifier needs at least 2 classes)")
 
 
-def _rank_list(text: str) -> list[int]:
-    """An argparse type: comma-separated LoRA ranks, each a whole number >= 1 (``4,8``)."""
-    try:
-        ranks = [int(r) for r in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers, e.g. 4,8") from None
-    if any(r < 1 for r in ranks):
-        raise argparse.ArgumentTypeError(f"{text!r}: every rank must be at least 1")
-    return ranks
+def _int_list(what: str, minimum: int, example: str):
+    """An argparse type: comma-separated whole numbers, each >= ``minimum`` (``what``: ``ranks``, ``steps``)."""
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}, "
+                                             f"e.g. {example}") from None
+        if any(v < minimum for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r}: {what} are {minimum} or more")
+        return values
+    return parse
 
 
-def _step_list(text: str) -> list[int]:
-    """An argparse type: comma-separated checkpoint steps (``300,600``)."""
-    try:
-        steps = [int(s) for s in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of steps, e.g. 300,600") from None
-    if any(s < 0 for s in steps):
-        raise argparse.ArgumentTypeError(f"{text!r}: steps are 0 or more")
-    return steps
+_rank_list = _int_list("ranks", 1, "4,8")
+_step_list = _int_list("steps", 0, "300,600")
 
 
 def _data_source(args, run_dir: Path, path: Optional[str] = None):

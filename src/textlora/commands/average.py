@@ -252,9 +252,9 @@ def _write_folder(tmp: Path, run_dir: Path, output: Path, scorer: Scorer, result
     summary.pop("test_accuracy", None)
     if data.test is not None and test:  # scored once, on the model written; never used to choose
         probs, _ = scorer.run.probabilities(data.test.texts, scorer.batch_size)
-        test = classification_metrics(data.test.labels, probs, names)
-        summary["test_accuracy"] = test["accuracy"]
-        write_metrics(tmp / TEST_EVAL_FILE, {**test, "split": "test", "data": scorer.run.config.data.test.path})
+        test_metrics = classification_metrics(data.test.labels, probs, names)
+        summary["test_accuracy"] = test_metrics["accuracy"]
+        write_metrics(tmp / TEST_EVAL_FILE, {**test_metrics, "split": "test", "data": scorer.run.config.data.test.path})
         save_predictions(tmp / PREDICTIONS_DIR / "test.csv", data.test.texts, data.test.labels, probs, names)
     (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
