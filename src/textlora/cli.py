@@ -42,8 +42,8 @@ positive_int = _int_at_least(1)
 _NUM_LABELS = _int_at_least(2, " (a classifier needs at least 2 classes)")
 
 
-def _int_list(what: str, minimum: int, example: str):
-    """An argparse type: comma-separated whole numbers, each >= ``minimum`` (``what``: ``ranks``, ``steps``)."""
+def _int_list(what: str, one: str, minimum: int, example: str):
+    """An argparse type: comma-separated whole numbers, each >= ``minimum`` (``what``/``one``: ``ranks``/``rank``)."""
     def parse(text: str) -> list[int]:
         try:
             values = [int(v) for v in text.split(",")]
@@ -51,13 +51,13 @@ def _int_list(what: str, minimum: int, example: str):
             raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}, "
                                              f"e.g. {example}") from None
         if any(v < minimum for v in values):
-            raise argparse.ArgumentTypeError(f"{text!r}: {what} are {minimum} or more")
+            raise argparse.ArgumentTypeError(f"{text!r}: every {one} must be at least {minimum}")
         return values
     return parse
 
 
-_rank_list = _int_list("ranks", 1, "4,8")
-_step_list = _int_list("steps", 0, "300,600")
+_rank_list = _int_list("ranks", "rank", 1, "4,8")
+_step_list = _int_list("steps", "step", 0, "300,600")
 
 
 def _data_source(args, run_dir: Path, path: Optional[str] = None):
