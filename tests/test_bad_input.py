@@ -236,6 +236,42 @@ def test_messy_but_valid_rows_are_accepted_and_counted(messy_run, tiny_model_dir
     assert metrics["truncated_texts"] == overlong and overlong > 1
 
 
+def test_max_length_reads_longer_texts_and_keeps_the_runs_own_evaluation(messy_run, tmp_path, capsys):
+    # Trained at max_length 48; --max-length 128 (the tiny BERT's position limit) reads the long texts further.
+    run = tmp_path / "run"
+    shutil.copytree(messy_run[0], run)
+    _, data, _ = messy_run
+    assert main(["evaluate", str(run), "--data", str(data)]) == 0
+    assert main(["evaluate", str(run), "--data", str(data), "--max-length", "128"]) == 0
+    own = json.loads((run / "evaluations" / "messy.json").read_text())
+    longer = json.loads((run / "evaluations" / "messy-max128.json").read_text())
+    assert (own["max_length"], longer["max_length"]) == (48, 128)
+    texts = extract_texts(read_table(str(data), ["label", "title", "description"]), ["title", "description"],
+                          "messy", clean_backslashes=True)
+    lengths = [len(ids) for ids in AutoTokenizer.from_pretrained(run / "tokenizer")(texts)["input_ids"]]
+    assert own["truncated_texts"] == sum(n > 48 for n in lengths)
+    assert longer["truncated_texts"] == sum(n > 128 for n in lengths) < own["truncated_texts"]
+    # What is read changes what is predicted: the probabilities of the long texts differ.
+    capsys.readouterr()
+    out = {}
+    for flags in ([], ["--max-length", "128"]):
+        assert main(["classify", str(run), "--json", *flags, " ".join(texts[-40:])]) == 0
+        out[len(flags)] = json.loads(capsys.readouterr().out)[0]["probabilities"]
+    assert out[0] != out[2]
+
+
+@pytest.mark.parametrize("value, fragments", [
+    ("1000", ["--max-length=1000 is longer than", "cover 128 tokens", "--max-length=128 or less"]),
+    ("4", ["--max-length 4", "between 8 and 8192"]),
+])
+def test_a_max_length_the_model_cannot_read_is_refused_before_anything_is_written(messy_run, tmp_path, capsys,
+                                                                                   value, fragments):
+    out = tmp_path / "s.csv"
+    _fails_clearly(["predict", str(messy_run[0]), "--data", str(AGNEWS_SMALL), "--output", str(out),
+                    "--max-length", value], capsys, *fragments)
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
 def test_genuine_pickled_dataframe_and_dataset_are_accepted(messy_run, tmp_path):
     # Kaggle's test_unlabelled.pkl is a pickled datasets.Dataset with a "text" column; a DataFrame works alike.
     import pickle

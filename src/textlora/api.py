@@ -50,27 +50,31 @@ def _source(run_dir: PathLike, data: PathLike):
 
 
 def evaluate(run_dir: PathLike, data: PathLike, output: Optional[PathLike] = None,
-             base_model: Optional[str] = None) -> dict:
+             base_model: Optional[str] = None, max_length: Optional[int] = None) -> dict:
     """Metrics of the run's best model on the labelled file ``data``; written to ``output`` (default
-    ``RUN/evaluations/<data>.json``) and returned."""
+    ``RUN/evaluations/<data>.json``) and returned. ``max_length``: read texts up to this many tokens
+    instead of the run's ``model.max_length``."""
     from textlora.commands.evaluate import evaluate_many
 
     return evaluate_many(Path(run_dir), [_source(run_dir, data)], Path(output) if output else None,
-                         base_model=base_model)[0]
+                         base_model=base_model, max_length=max_length)[0]
 
 
-def predict(run_dir: PathLike, data: PathLike, output: PathLike, base_model: Optional[str] = None) -> dict:
+def predict(run_dir: PathLike, data: PathLike, output: PathLike, base_model: Optional[str] = None,
+            max_length: Optional[int] = None) -> dict:
     """Write ``output`` as CSV ``ID,Label`` for every row of ``data``; returns what was written (rows, path)."""
     from textlora.commands.predict import predict as run_predict
 
-    return run_predict(Path(run_dir), _source(run_dir, data), Path(output), base_model=base_model)
+    return run_predict(Path(run_dir), _source(run_dir, data), Path(output), base_model=base_model,
+                       max_length=max_length)
 
 
-def classify(run_dir: PathLike, texts: Sequence[str], base_model: Optional[str] = None) -> list[dict]:
+def classify(run_dir: PathLike, texts: Sequence[str], base_model: Optional[str] = None,
+             max_length: Optional[int] = None) -> list[dict]:
     """One dict per text (also printed): ``text``, ``label`` (its name), ``label_id`` and the class probabilities."""
     from textlora.commands.predict import classify as run_classify
 
-    return run_classify(Path(run_dir), list(texts), base_model=base_model)
+    return run_classify(Path(run_dir), list(texts), base_model=base_model, max_length=max_length)
 
 
 def report(run_dir: PathLike) -> Path:

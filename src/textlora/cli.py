@@ -112,7 +112,7 @@ def cmd_evaluate(args) -> None:
     run_dir = Path(args.run)
     evaluate_many(run_dir, [_data_source(args, run_dir, path) for path in args.data],
                   Path(args.output) if args.output else None, args.batch_size, args.device, args.precision,
-                  args.base_model)
+                  args.base_model, args.max_length)
 
 
 def cmd_predict(args) -> None:
@@ -120,13 +120,14 @@ def cmd_predict(args) -> None:
 
     run_dir = Path(args.run)
     predict(run_dir, _data_source(args, run_dir), Path(args.output), args.names, args.probs,
-            args.batch_size, args.device, precision=args.precision, base_model=args.base_model)
+            args.batch_size, args.device, precision=args.precision, base_model=args.base_model,
+            max_length=args.max_length)
 
 
 def cmd_classify(args) -> None:
     from textlora.commands.predict import classify
 
-    classify(Path(args.run), args.texts, args.json, args.device, args.precision, args.base_model)
+    classify(Path(args.run), args.texts, args.json, args.device, args.precision, args.base_model, args.max_length)
 
 
 def cmd_export(args) -> None:
@@ -201,6 +202,13 @@ def _add_data_flags(parser: argparse.ArgumentParser, labels: bool, many: bool = 
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     _add_precision_flag(parser)
     _add_base_model_flag(parser)
+    _add_max_length_flag(parser)
+
+
+def _add_max_length_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-length", type=positive_int, metavar="TOKENS",
+                        help="read texts up to this many tokens (default the run's model.max_length); longer texts "
+                             "than the run trained on are read in full, up to the model's position limit")
 
 
 def _add_precision_flag(parser: argparse.ArgumentParser) -> None:
@@ -251,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     _add_precision_flag(p)
     _add_base_model_flag(p)
+    _add_max_length_flag(p)
 
     p = sub.add_parser("export", help="write a merged, plain Hugging Face model folder (LoRA folded in)")
     p.add_argument("run", help="run folder")

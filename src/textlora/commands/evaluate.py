@@ -15,14 +15,16 @@ from textlora.model.precision import precision_name
 
 
 def evaluate(run_dir: Path, source: DataSource, output: Optional[Path] = None, batch_size: int = 64,
-             device: str = "auto", precision: str = "run", base_model: Optional[str] = None) -> dict:
+             device: str = "auto", precision: str = "run", base_model: Optional[str] = None,
+             max_length: Optional[int] = None) -> dict:
     """Evaluate a run's best model on labelled data; writes JSON and returns the metrics (one set of
     :func:`evaluate_many`)."""
-    return evaluate_many(run_dir, [source], output, batch_size, device, precision, base_model)[0]
+    return evaluate_many(run_dir, [source], output, batch_size, device, precision, base_model, max_length)[0]
 
 
 def evaluate_many(run_dir: Path, sources: Sequence[DataSource], output: Optional[Path] = None, batch_size: int = 64,
-                  device: str = "auto", precision: str = "run", base_model: Optional[str] = None) -> list[dict]:
+                  device: str = "auto", precision: str = "run", base_model: Optional[str] = None,
+                  max_length: Optional[int] = None) -> list[dict]:
     """Evaluate a run's best model on one or more labelled data sets; writes one JSON each, returns the metrics.
 
     One set prints the full table; several print one table with a column per set. Every set is read
@@ -33,6 +35,8 @@ def evaluate_many(run_dir: Path, sources: Sequence[DataSource], output: Optional
         output: where to write the JSON of a single set (default ``RUN/evaluations/<data file stem>.json``;
             when that holds an evaluation of other data, ``<stem>-2.json``, ``-3`` ...: :func:`evaluation_path`).
         base_model: another copy of the run's base model, a folder or hub id (``--base-model``).
+        max_length: read texts up to this many tokens instead of the run's ``model.max_length``
+            (``--max-length``); the default file is then ``<stem>-max<N>.json``, beside the run's own reading.
     """
     from textlora.data.prepare import load_inference_data
     from textlora.run.load import load_run
@@ -46,7 +50,7 @@ def evaluate_many(run_dir: Path, sources: Sequence[DataSource], output: Optional
     for source, identity in zip(sources, identities):
         if identities.count(identity) > 1:
             raise TextloraError(f"--data {source.path} is given twice; give each data set once")
-    run = load_run(run_dir, device=device, precision=precision, base_model=base_model)
+    run = load_run(run_dir, device=device, precision=precision, base_model=base_model, max_length=max_length)
     splits = [load_inference_data(source, run.label_map, run.config.data.clean_backslashes, need_labels=True,
                                   trained=run.config.data.train) for source in sources]
     results, written = [], []
@@ -54,9 +58,10 @@ def evaluate_many(run_dir: Path, sources: Sequence[DataSource], output: Optional
         probs, truncated = run.probabilities(split.texts, batch_size)
         metrics = classification_metrics(split.labels, probs, run.label_map.names)
         metrics.update({**identity, "empty_texts": stats["empty_texts"], "truncated_texts": truncated,
-                        "precision": precision_name(run.precision)})
+                        "max_length": run.config.model.max_length, "precision": precision_name(run.precision)})
         path, taken_by = (Path(output), None) if output is not None else \
-            evaluation_path(Path(run_dir) / "evaluations", source, identity)
+            evaluation_path(Path(run_dir) / "evaluations", source, identity,
+                            suffix="" if max_length is None else f"-max{max_length}")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_metrics(path, metrics)
         results.append(metrics)
@@ -83,16 +88,17 @@ def _absolute(path: str) -> str:
     return str(Path(path).resolve()) if Path(path).exists() else path
 
 
-def evaluation_path(folder: Path, source: DataSource, identity: dict) -> tuple[Path, Optional[tuple[str, str]]]:
+def evaluation_path(folder: Path, source: DataSource, identity: dict,
+                    suffix: str = "") -> tuple[Path, Optional[tuple[str, str]]]:
     """Where evaluate writes the JSON of ``source`` in ``folder``, never over an evaluation of other data.
 
-    ``<stem>.json`` unless it holds an evaluation of other data, then ``<stem>-2.json``, ``-3`` ...: the first
+    ``<stem><suffix>.json`` (``suffix``: e.g. ``-max256`` for another ``--max-length``) unless it holds an evaluation of other data, then ``<stem>-2.json``, ``-3`` ...: the first
     that is free or holds this data (re-evaluating the same data replaces its own file).
 
     Returns:
         the path, and ``(file name, data)`` of the default file when another data's evaluation holds it.
     """
-    stem = Path(source.path).stem or "data"
+    stem = (Path(source.path).stem or "data") + suffix
     first = folder / f"{stem}.json"
     path, number = first, 1
     while path.exists() and _evaluated_data(path) != identity:

@@ -19,7 +19,7 @@ from textlora.model.precision import precision_name
 
 def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = False, with_probs: bool = False,
             batch_size: int = 64, device: str = "auto", chunk_rows: int = 8192, precision: str = "run",
-            base_model: Optional[str] = None) -> dict:
+            base_model: Optional[str] = None, max_length: Optional[int] = None) -> dict:
     """Write ``output`` as CSV ``ID,Label`` (ID = the data's ``id``/``ID`` column, else the row index; Label =
     class id 0..K-1).
 
@@ -30,6 +30,7 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
         with_names: add a ``LabelName`` column.
         with_probs: add one ``prob_<name>`` column per class.
         base_model: another copy of the run's base model, a folder or hub id (``--base-model``).
+        max_length: read texts up to this many tokens instead of the run's ``model.max_length`` (``--max-length``).
     Returns:
         Counts: rows written, empty texts, truncated texts, rows per predicted class; the precision used.
     """
@@ -42,7 +43,7 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
     check_output_file(output, "submission.csv", inputs=[source.path])
     if not output.parent.exists():
         raise DataError(f"--output folder {output.parent} does not exist; create it first")
-    run = load_run(run_dir, device=device, precision=precision, base_model=base_model)
+    run = load_run(run_dir, device=device, precision=precision, base_model=base_model, max_length=max_length)
     names = run.label_map.names
     header = ["ID", "Label"] + (["LabelName"] if with_names else []) + ([f"prob_{n}" for n in names] if with_probs else [])
     per_class = np.zeros(len(names), dtype=np.int64)
@@ -71,14 +72,16 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
         print(f"[data] {source.path}: {empty} row(s) have empty text; they are classified from an empty input")
     counts = {name: int(n) for name, n in zip(names, per_class)}
     print(f"wrote {rows} predictions to {output}; per class: {counts}; "
-          f"{truncated} text(s) truncated at model.max_length={run.config.model.max_length} tokens")
+          f"{truncated} text(s) truncated at {run.config.model.max_length} tokens "
+          f"({'--max-length' if max_length else 'model.max_length; --max-length reads more'})")
     return {"rows": rows, "empty_texts": empty, "truncated_texts": truncated, "predicted_per_class": counts,
             "output": str(output), "precision": precision_name(run.precision)}
 
 
 def classify(run_dir: Path, texts: Sequence[str], as_json: bool = False, device: str = "auto",
-             precision: str = "run", base_model: Optional[str] = None) -> list[dict]:
-    """Label and class probabilities for each text, printed and returned (``base_model``: see :func:`predict`)."""
+             precision: str = "run", base_model: Optional[str] = None, max_length: Optional[int] = None) -> list[dict]:
+    """Label and class probabilities for each text, printed and returned (``base_model``, ``max_length``: see
+    :func:`predict`)."""
     from textlora.data.prepare import clean_texts, text_problem
     from textlora.run.load import load_run
 
@@ -88,7 +91,7 @@ def classify(run_dir: Path, texts: Sequence[str], as_json: bool = False, device:
         problem = text_problem(text)
         if problem:
             raise DataError(f"text {number} {problem}; give UTF-8 text (convert it with iconv -t utf-8)")
-    run = load_run(run_dir, device=device, precision=precision, base_model=base_model)
+    run = load_run(run_dir, device=device, precision=precision, base_model=base_model, max_length=max_length)
     cleaned = clean_texts(texts, run.config.data.clean_backslashes, "classify")
     probs, _ = run.probabilities(cleaned)
     names = run.label_map.names

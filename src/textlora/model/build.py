@@ -263,7 +263,7 @@ def build_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained: boo
     """
     _quiet_transformers()
     base, missing = build_base_model(cfg, label_map, pretrained, num_labels, base_dtype)
-    _check_max_length(cfg, base)
+    check_max_length(cfg.max_length, cfg.name_or_path, base)
     head = head_module_names(base)
     fresh = _fresh_modules(missing or [], head)
     if pretrained and fresh:
@@ -326,12 +326,15 @@ def build_counting_twin(built: BuiltModel, cfg: ModelConfig) -> BuiltModel:
                       target_modules=targets)
 
 
-def _check_max_length(cfg: ModelConfig, model: torch.nn.Module) -> None:
-    """Refuse a ``model.max_length`` longer than the model's learned position embeddings reach.
+def check_max_length(max_length: int, name_or_path: str, model: torch.nn.Module,
+                     what: str = "model.max_length") -> None:
+    """Refuse a ``max_length`` (``what``: the setting or flag it came from) longer than the model's learned
+    position embeddings reach.
 
     Past them the first long batch fails deep inside the embeddings, mid-training. RoBERTa-style
     embeddings number positions from ``padding_idx + 1``, so roberta-base's 514 rows hold 512 tokens.
     Models without a position-embedding table (relative or rotary positions) have no such limit.
+    ``model``: the classifier (``AutoModelForSequenceClassification``, not wrapped by peft).
     """
     embeddings = getattr(getattr(model, "base_model", None), "embeddings", None)
     table = getattr(embeddings, "position_embeddings", None)
@@ -339,9 +342,9 @@ def _check_max_length(cfg: ModelConfig, model: torch.nn.Module) -> None:
         return
     padding_idx = getattr(embeddings, "padding_idx", None)
     limit = table.num_embeddings - (padding_idx + 1 if isinstance(padding_idx, int) else 0)
-    if cfg.max_length > limit:
-        raise ConfigError(f"model.max_length={cfg.max_length} is longer than {cfg.name_or_path} can read: its position "
-                          f"embeddings cover {limit} tokens; set model.max_length={limit} or less")
+    if max_length > limit:
+        raise ConfigError(f"{what}={max_length} is longer than {name_or_path} can read: its position "
+                          f"embeddings cover {limit} tokens; set {what}={limit} or less")
 
 
 def load_tokenizer(name_or_path: str):

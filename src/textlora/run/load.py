@@ -6,7 +6,7 @@ back in input order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from textlora.data.batching import tokenize
 from textlora.config import DataSource, RunConfig, config_from_yaml_file
-from textlora.errors import RunFolderError
+from textlora.errors import ConfigError, RunFolderError
 from textlora.model.forward import pick_device, predict_proba
 from textlora.model.speedups import apply_speedups
 from textlora.run.exported import exported_source, is_exported_folder, load_exported
@@ -52,7 +52,7 @@ class LoadedRun:
 
 
 def load_run(run_dir: Path, device: str = "auto", merge: bool = True, precision: str = "run",
-             base_model: Optional[str] = None) -> LoadedRun:
+             base_model: Optional[str] = None, max_length: Optional[int] = None) -> LoadedRun:
     """Load a finished run folder: config, labels, tokenizer and the best adapter on its base model (or an
     exported folder, see :func:`textlora.run.exported.load_exported`).
 
@@ -70,7 +70,7 @@ def load_run(run_dir: Path, device: str = "auto", merge: bool = True, precision:
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} does not exist; pass the folder that `textlora train` printed")
     if is_exported_folder(run_dir):  # `textlora export`'s folder (or any Hugging Face classifier folder)
-        return load_exported(run_dir, device, precision, base_model)
+        return reading_up_to(load_exported(run_dir, device, precision, base_model), max_length)
     for name in (CONFIG_FILE, LABELS_FILE):
         if not (run_dir / name).is_file():
             raise RunFolderError(f"run folder {run_dir} has no {name}; pass a run folder that `textlora train` wrote")
@@ -91,8 +91,26 @@ def load_run(run_dir: Path, device: str = "auto", merge: bool = True, precision:
         # precision keeps LoRA beside it, in fp32, exactly as validation ran it during training.
         model = model.merge_and_unload()
     model.to(target).eval()
-    apply_speedups(model, config, target, training=False)  # e.g. the last layer for the first token only
-    return LoadedRun(run_dir, config, label_map, tokenizer, model, target, compute, base_dtype)
+    run = reading_up_to(LoadedRun(run_dir, config, label_map, tokenizer, model, target, compute, base_dtype), max_length)
+    apply_speedups(model, run.config, target, training=False)  # e.g. the last layer for the first token only
+    return run
+
+
+def reading_up_to(run: LoadedRun, max_length: Optional[int]) -> LoadedRun:
+    """``run`` reading texts up to ``max_length`` tokens (``--max-length``) instead of its ``model.max_length``.
+
+    A run trained at a short ``model.max_length`` (short training texts) can still read longer texts in full
+    at inference, up to what the model's position embeddings reach; ``None`` keeps the run's own.
+    """
+    from textlora.model.build import check_max_length  # heavy import kept off the CLI's start-up path
+
+    if max_length is None:
+        return run
+    if not 8 <= max_length <= 8192:
+        raise ConfigError(f"--max-length {max_length}: must be between 8 and 8192 tokens")
+    classifier = run.model.get_base_model() if hasattr(run.model, "get_base_model") else run.model
+    check_max_length(max_length, run.config.model.name_or_path, classifier, what="--max-length")
+    return replace(run, config=replace(run.config, model=replace(run.config.model, max_length=max_length)))
 
 
 def _run_base_dtype(run_dir: Path, config: RunConfig) -> str:
