@@ -253,6 +253,26 @@ def test_onnx_runtime_serves_the_same_probabilities_as_pytorch(tiny_run, tmp_pat
         load_classifier(out, onnx=True)
 
 
+def test_max_length_serves_longer_texts_in_full_from_a_run_and_its_onnx_export(tiny_run, tmp_path):
+    # tiny_run trained at max_length 48; the tiny BERT's positions reach 128.
+    pytest.importorskip("onnxruntime")
+    from textlora.errors import ConfigError
+    from textlora.serve.classifier import load_classifier
+
+    out = tmp_path / "export"
+    assert main(["export", str(tiny_run), "--out", str(out), "--onnx"]) == 0
+    texts = [" ".join(TEXTS * 4)]  # past 48 tokens, within 128
+    own = load_classifier(tiny_run, "cpu", precision="fp32")
+    longer = load_classifier(tiny_run, "cpu", precision="fp32", max_length=128)
+    onnx = load_classifier(out, "cpu", onnx=True, max_length=128)
+    assert (own.info["max_length"], longer.info["max_length"], onnx.info["max_length"]) == (48, 128, 128)
+    # The end of the text is read: other inputs, other outputs (one text, one path: equal inputs are bit-equal).
+    assert (longer.predict(texts) != own.predict(texts)).any()
+    assert abs(onnx.predict(texts) - longer.predict(texts)).max() < 1e-5
+    with pytest.raises(ConfigError, match="--max-length=1000 is longer than"):
+        load_classifier(out, "cpu", onnx=True, max_length=1000)
+
+
 def test_serve_refuses_a_taken_port_and_a_folder_that_is_no_model(tiny_run, tmp_path, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -142,7 +142,7 @@ def cmd_serve(args) -> None:
     limits = ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
     serve(Path(args.model), args.host, args.port, args.device, limits, args.root_path, args.log_level, args.onnx,
-          args.precision, args.base_model)
+          args.precision, args.base_model, args.max_length)
 
 
 def cmd_report(args) -> None:
@@ -275,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     _add_precision_flag(p)
     _add_base_model_flag(p)
+    _add_max_length_flag(p)
     p.add_argument("--max-texts", type=int, default=64, help="texts per request (more: 413)")
     p.add_argument("--max-chars", type=int, default=2000, help="characters per text (more: 413)")
     p.add_argument("--max-batch", type=int, default=32, help="most texts in one model call")

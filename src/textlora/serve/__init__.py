@@ -70,7 +70,8 @@ def _is_loopback(host: str) -> bool:
 
 def serve(path: Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
           limits: Optional[ServeLimits] = None, root_path: str = "", log_level: str = "info",
-          onnx: bool = False, precision: str = "run", base_model: Optional[str] = None) -> None:
+          onnx: bool = False, precision: str = "run", base_model: Optional[str] = None,
+          max_length: Optional[int] = None) -> None:
     """Load ``path`` (run folder or exported folder) and serve it until interrupted.
 
     Args:
@@ -85,6 +86,7 @@ def serve(path: Path, host: str = "127.0.0.1", port: int = 8000, device: str = "
         precision: ``run`` (the run's ``train.mixed_precision`` on this device, also for an exported folder),
             ``fp32`` or ``bf16``.
         base_model: for a run folder, another copy of its base model, a folder or hub id (``--base-model``).
+        max_length: read texts up to this many tokens instead of the model's own (``--max-length``).
     """
     try:
         import uvicorn
@@ -98,7 +100,7 @@ def serve(path: Path, host: str = "127.0.0.1", port: int = 8000, device: str = "
     _check_port(host, port)
     limits = limits or ServeLimits()
     classifier = load_classifier(Path(path), device, batch_size=limits.max_batch, onnx=onnx, precision=precision,
-                                 base_model=base_model)
+                                 base_model=base_model, max_length=max_length)
     classifier.predict(["warm-up"])  # the first call is slow (allocations, kernels): not a user's request
     app = create_app(classifier, limits)
     if not _is_loopback(host):

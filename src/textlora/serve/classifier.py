@@ -36,12 +36,14 @@ class Classifier:
 
 
 def load_classifier(path: Path, device: str = "auto", batch_size: int = 32, onnx: bool = False,
-                    precision: str = "run", base_model: Optional[str] = None) -> Classifier:
+                    precision: str = "run", base_model: Optional[str] = None,
+                    max_length: Optional[int] = None) -> Classifier:
     """Load a run folder (``config.yaml`` + ``adapter/``) or an exported folder (``config.json``).
 
     Args:
         onnx: run an exported folder's ``model.onnx`` on ONNX Runtime (CPU) instead of PyTorch.
         base_model: for a run folder, another copy of its base model, a folder or hub id (``--base-model``).
+        max_length: read texts up to this many tokens instead of the model's own (``--max-length``).
     Raises:
         RunFolderError: the folder is neither, or its files cannot be loaded; ``onnx`` without ``model.onnx``;
             ``base_model`` for an exported folder (it holds its whole model).
@@ -54,24 +56,24 @@ def load_classifier(path: Path, device: str = "auto", batch_size: int = 32, onnx
         if onnx:
             raise RunFolderError(f"--onnx serves an exported folder's model.onnx; {path} is a run folder. Export it "
                                  f"first: textlora export {path} --out DIR --onnx")
-        return _from_run(path, device, batch_size, precision, base_model)
+        return _from_run(path, device, batch_size, precision, base_model, max_length)
     if (path / "config.json").is_file():
         if base_model:
             raise RunFolderError(f"--base-model applies to a run folder; {path} is an exported model, which holds "
                                  "its whole model: drop --base-model")
         if onnx and not (path / "model.onnx").is_file():
             raise RunFolderError(f"{path} has no model.onnx; export with --onnx, or serve without --onnx")
-        return _from_export(path, device, batch_size, onnx, precision)
+        return _from_export(path, device, batch_size, onnx, precision, max_length)
     raise RunFolderError(f"{path} is neither a textlora run folder (config.yaml + adapter/) nor a Hugging Face "
                          "model folder (config.json); pass the folder `textlora train` or `textlora export` wrote")
 
 
 def _from_run(path: Path, device: str, batch_size: int, precision: str = "run",
-              base_model: Optional[str] = None) -> Classifier:
+              base_model: Optional[str] = None, max_length: Optional[int] = None) -> Classifier:
     from textlora.run.exported import run_info
     from textlora.run.load import load_run
 
-    run = load_run(path, device=device, merge=True, precision=precision, base_model=base_model)
+    run = load_run(path, device=device, merge=True, precision=precision, base_model=base_model, max_length=max_length)
     info = {"source": "run", **run_info(path, run.config, run.label_map), "device": str(run.device),
             "precision": precision_name(run.precision), "runtime": "pytorch"}
     clean = run.config.data.clean_backslashes
@@ -98,13 +100,15 @@ class OnnxClassifier(torch.nn.Module):
         return SequenceClassifierOutput(logits=torch.from_numpy(logits))
 
 
-def _from_export(path: Path, device: str, batch_size: int, onnx: bool = False, precision: str = "run") -> Classifier:
+def _from_export(path: Path, device: str, batch_size: int, onnx: bool = False, precision: str = "run",
+                 max_length: Optional[int] = None) -> Classifier:
     from dataclasses import replace
 
     from textlora.run.exported import export_info, load_exported
+    from textlora.run.load import reading_up_to
 
     # "run" precision: the run's train.mixed_precision as the export recorded it (fp32 for an export without it).
-    run = load_exported(path, device, precision)
+    run = reading_up_to(load_exported(path, device, precision), max_length)
     exported = export_info(path)
     info = {"source": "export", "base_model": run.config.model.name_or_path, "labels": list(run.label_map.names),
             "max_length": run.config.model.max_length, "clean_backslashes": run.config.data.clean_backslashes,
