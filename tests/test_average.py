@@ -62,6 +62,10 @@ def test_uniform_average_is_the_parameter_mean_and_a_run_folder_evaluate_reads(r
         (out / "report" / "report.md").read_text()
     # The source run is untouched.
     assert not (run / "evaluations").exists() and "averaged" not in json.loads((run / "summary.json").read_text())
+    # Loaded and saved again, the adapter lists each module it trains fully once, as the run's own does.
+    trained, again = (json.loads((folder / "adapter" / "adapter_config.json").read_text())["modules_to_save"]
+                      for folder in (run, out))
+    assert again == trained and len(set(again)) == len(again)
 
 
 def test_greedy_soup_starts_from_the_best_logged_checkpoint(run, tmp_path, capsys):

@@ -183,6 +183,19 @@ def _fresh_modules(missing_keys, head: list[str]) -> list[str]:
     return sorted(m for m in modules if m.split(".")[0] not in head)
 
 
+def without_repeats(model: PeftModel) -> PeftModel:
+    """``model`` with each name once in its adapters' ``modules_to_save``.
+
+    peft's sequence-classification model appends its own head names (``classifier``, ``score``) to the list
+    each time a model is built or loaded, so a run loaded and saved again (average, export) would write a
+    longer list every time; the names, not their count, decide what loads.
+    """
+    for adapter in model.peft_config.values():
+        if adapter.modules_to_save:
+            adapter.modules_to_save = list(dict.fromkeys(adapter.modules_to_save))
+    return model
+
+
 def lora_config(cfg: ModelConfig, modules_to_save: list[str]) -> LoraConfig:
     return LoraConfig(
         task_type=TaskType.SEQ_CLS,
@@ -275,7 +288,7 @@ def build_model(cfg: ModelConfig, label_map: Optional[LabelMap], pretrained: boo
     if pretrained and note:
         print(f"[model] {note}")
     try:
-        model = get_peft_model(base, lora_config(replace(cfg, target_modules=targets), head + fresh))
+        model = without_repeats(get_peft_model(base, lora_config(replace(cfg, target_modules=targets), head + fresh)))
     except ValueError as exc:
         raise ConfigError(f"model.target_modules={list(cfg.target_modules)} / model.layers={cfg.layers!r}: "
                           f"{str(exc).splitlines()[0]}") from None
@@ -321,7 +334,7 @@ def build_counting_twin(built: BuiltModel, cfg: ModelConfig) -> BuiltModel:
     modules = dict(base.named_modules())
     fresh = [m for m in built.fresh_modules if m in modules and any(True for _ in modules[m].parameters())]
     targets = resolve_targets(base, cfg.target_modules, "model.target_modules", cfg.name_or_path)
-    model = get_peft_model(base, lora_config(replace(cfg, target_modules=targets), head + fresh))
+    model = without_repeats(get_peft_model(base, lora_config(replace(cfg, target_modules=targets), head + fresh)))
     return BuiltModel(model=model, head_modules=head, fresh_modules=fresh, fresh_known=built.fresh_known,
                       target_modules=targets)
 
@@ -375,7 +388,7 @@ def load_trained_model(run_dir: Path, base_name_or_path: str, label_map: LabelMa
                                                                   dtype=BASE_DTYPES[base_dtype])
         _shape_for_textlora(base, head or run_model.head)
         keep_trained_in_fp32(base, _saved_modules(adapter_dir))
-        return PeftModel.from_pretrained(base, adapter_dir)
+        return without_repeats(PeftModel.from_pretrained(base, adapter_dir))
     except Exception as exc:  # corrupt safetensors, mismatched shapes, bad JSON
         raise RunFolderError(f"could not load the adapter in {adapter_dir}: {str(exc).splitlines()[0]}. "
                              "The file is corrupt or from another base model; retrain or restore it") from None
