@@ -207,8 +207,8 @@ def _add_data_flags(parser: argparse.ArgumentParser, labels: bool, many: bool = 
 
 def _add_max_length_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=positive_int, metavar="TOKENS",
-                        help="read texts up to this many tokens (default the run's model.max_length); longer texts "
-                             "than the run trained on are read in full, up to the model's position limit")
+                        help="read texts up to this many tokens instead of the run's model.max_length, up to the "
+                             "model's position limit (a run trained on short texts can read long ones in full)")
 
 
 def _add_precision_flag(parser: argparse.ArgumentParser) -> None:
