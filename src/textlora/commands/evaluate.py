@@ -92,8 +92,9 @@ def evaluation_path(folder: Path, source: DataSource, identity: dict,
                     suffix: str = "") -> tuple[Path, Optional[tuple[str, str]]]:
     """Where evaluate writes the JSON of ``source`` in ``folder``, never over an evaluation of other data.
 
-    ``<stem><suffix>.json`` (``suffix``: e.g. ``-max256`` for another ``--max-length``) unless it holds an evaluation of other data, then ``<stem>-2.json``, ``-3`` ...: the first
-    that is free or holds this data (re-evaluating the same data replaces its own file).
+    ``<stem><suffix>.json`` (``suffix``: e.g. ``-max256`` for another ``--max-length``) unless it holds an
+    evaluation of other data, then ``<stem><suffix>-2.json``, ``-3`` ...: the first that is free or holds this
+    data (re-evaluating the same data replaces its own file).
 
     Returns:
         the path, and ``(file name, data)`` of the default file when another data's evaluation holds it.

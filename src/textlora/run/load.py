@@ -70,7 +70,7 @@ def load_run(run_dir: Path, device: str = "auto", merge: bool = True, precision:
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} does not exist; pass the folder that `textlora train` printed")
     if is_exported_folder(run_dir):  # `textlora export`'s folder (or any Hugging Face classifier folder)
-        return reading_up_to(load_exported(run_dir, device, precision, base_model), max_length)
+        return _reading_up_to(load_exported(run_dir, device, precision, base_model), max_length)
     for name in (CONFIG_FILE, LABELS_FILE):
         if not (run_dir / name).is_file():
             raise RunFolderError(f"run folder {run_dir} has no {name}; pass a run folder that `textlora train` wrote")
@@ -91,12 +91,12 @@ def load_run(run_dir: Path, device: str = "auto", merge: bool = True, precision:
         # precision keeps LoRA beside it, in fp32, exactly as validation ran it during training.
         model = model.merge_and_unload()
     model.to(target).eval()
-    run = reading_up_to(LoadedRun(run_dir, config, label_map, tokenizer, model, target, compute, base_dtype), max_length)
+    run = _reading_up_to(LoadedRun(run_dir, config, label_map, tokenizer, model, target, compute, base_dtype), max_length)
     apply_speedups(model, run.config, target, training=False)  # e.g. the last layer for the first token only
     return run
 
 
-def reading_up_to(run: LoadedRun, max_length: Optional[int]) -> LoadedRun:
+def _reading_up_to(run: LoadedRun, max_length: Optional[int]) -> LoadedRun:
     """``run`` reading texts up to ``max_length`` tokens (``--max-length``) instead of its ``model.max_length``.
 
     A run trained at a short ``model.max_length`` (short training texts) can still read longer texts in full

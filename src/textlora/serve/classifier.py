@@ -104,11 +104,11 @@ def _from_export(path: Path, device: str, batch_size: int, onnx: bool = False, p
                  max_length: Optional[int] = None) -> Classifier:
     from dataclasses import replace
 
-    from textlora.run.exported import export_info, load_exported
-    from textlora.run.load import reading_up_to
+    from textlora.run.exported import export_info
+    from textlora.run.load import load_run
 
     # "run" precision: the run's train.mixed_precision as the export recorded it (fp32 for an export without it).
-    run = reading_up_to(load_exported(path, device, precision), max_length)
+    run = load_run(path, device=device, precision=precision, max_length=max_length)
     exported = export_info(path)
     info = {"source": "export", "base_model": run.config.model.name_or_path, "labels": list(run.label_map.names),
             "max_length": run.config.model.max_length, "clean_backslashes": run.config.data.clean_backslashes,
