@@ -167,8 +167,9 @@ def _split_section(run: RunData, out: Path, split: str) -> str:
         _, aucs = plots.roc_curves(probs[0], probs[1], names, out / roc, split)
         lines += [f"![ROC curves, {split}]({roc})", ""]
     else:
-        lines += [f"(No predictions/{split}.csv: the run predates per-example predictions, so there are no ROC "
-                  "curves or hardest errors; retrain to get them.)", ""]
+        # Published folders leave predictions out (they hold the texts); runs older than them never wrote any.
+        lines += [f"(No predictions/{split}.csv in this folder (a published run leaves them out; an older run "
+                  "never wrote them), so there are no ROC curves or hardest errors.)", ""]
     lines += ["| class | precision | recall (accuracy in class) | F1 | ROC-AUC | support |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name in names:
