@@ -121,6 +121,7 @@ def test_report_command_redraws_from_the_folder_and_degrades_without_predictions
     assert main(["report", str(copy)]) == 0
     text = (copy / "report" / "report.md").read_text()
     assert "No predictions/test.csv" in text and "No predictions/validation.csv" in text
+    assert "a published run leaves them out" in text and "retrain" not in text  # the reason, not a wrong fix
     assert not list((copy / "report").glob("roc_curves*.png"))
     _png(copy / "report" / "confusion_matrix_test.png")
     _png(copy / "report" / "confusion_matrix_validation.png")
