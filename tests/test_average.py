@@ -114,9 +114,13 @@ def test_a_folder_it_did_not_write_is_never_replaced(run, tmp_path, capsys):
     assert main(["average", str(run), "--last", "2", "--output", str(run)]) == 2
 
 
-def test_the_python_api_averages_too(run, tmp_path):
+def test_the_python_api_averages_too(run, tmp_path, monkeypatch):
     import textlora
 
-    out = textlora.average(run, last=2, output=tmp_path / "api")
+    monkeypatch.chdir(run.parent)
+    out = textlora.average(run.name, last=2, output=tmp_path / "api")
     assert out == tmp_path / "api"
-    assert json.loads((out / "summary.json").read_text())["averaged"]["steps"] == _steps(run)[-2:]
+    averaged = json.loads((out / "summary.json").read_text())["averaged"]
+    assert averaged["steps"] == _steps(run)[-2:]
+    # The source as given, not this machine's absolute path: a published folder moves between machines.
+    assert averaged["from"] == run.name

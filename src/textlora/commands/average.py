@@ -234,7 +234,8 @@ def _write_folder(tmp: Path, run_dir: Path, output: Path, scorer: Scorer, result
     shutil.copytree(run_dir / TOKENIZER_DIR, tmp / TOKENIZER_DIR)
     scorer.run.model.save_pretrained(tmp / ADAPTER_DIR)
     data, names, step = scorer.data, scorer.names, max(chosen)
-    averaged = {"from": str(run_dir.resolve()), "steps": chosen, "method": "greedy" if greedy else "uniform",
+    # The source as the user gave it, like run_dir: an absolute path would not survive a move to another machine.
+    averaged = {"from": str(run_dir), "steps": chosen, "method": "greedy" if greedy else "uniform",
                 "metric": scorer.spec}
     write_metrics(tmp / EVAL_FILE, {**result["validation"], "split": "validation", "step": step, "averaged": averaged})
     save_predictions(tmp / PREDICTIONS_DIR / "validation.csv", data.validation.texts, data.validation.labels,
