@@ -5,7 +5,8 @@ Two settings, resolved here and nowhere else:
 - ``train.mixed_precision`` is autocast: the precision matmuls run in. ``auto`` picks bf16 where it was
   measured to pay: GPUs with native bf16 (compute capability 8 and up), fp16 with loss scaling on older
   GPUs (V100, T4), and CPUs with AMX tiles. On a CPU without AMX, bf16 *autocast* trained slower than
-  fp32 (BENCHMARKS.md, "bf16 on CPU"): it re-casts every fp32 weight on every step.
+  fp32 (BENCHMARKS.md, "Quickstart time-to-accuracy, and the first-token last layer and bf16 on CPU"):
+  it re-casts every fp32 weight on every step.
 - ``model.base_dtype`` is storage: the dtype the frozen pretrained weights are loaded in. A frozen base
   needs no fp32 master copy, and weights stored in bf16 are never re-cast, so ``auto`` keeps the base
   in bf16 wherever the hardware multiplies bf16 natively (CUDA compute capability 8 and up, CPUs with

@@ -1,10 +1,9 @@
 """Dropout on CPU from cheap random bits: the same keep probability, a fraction of the time.
 
 On CPU, ``torch.nn.functional.dropout`` draws one ``bernoulli_`` sample per element from the
-Mersenne Twister, one element at a time. In LoRA training on a frozen encoder that is the largest
-single cost of a step: a profile of all-MiniLM-L6 on a 2-core CPU (batch 48, bf16) put a third of
-the step in ``bernoulli_`` (hidden-state, LoRA-input and attention-probability dropout: 32 masks per
-step). And attention dropout keeps SDPA off its fused CPU kernel (it has no dropout), on its math
+Mersenne Twister, one element at a time, for every mask of a step (hidden-state, LoRA-input and
+attention-probability dropout). In LoRA training on a frozen encoder that is a large part of a step
+(BENCHMARKS.md: ``textlora-torch-dropout`` is the same training with torch's dropout). And attention dropout keeps SDPA off its fused CPU kernel (it has no dropout), on its math
 path: torch's dropout there, and a NaN guard over every ``[B, heads, T, T]`` score tensor.
 
 Here each mask comes from 32-bit words of torch's own generator, split into two 15-bit integers and
