@@ -582,6 +582,48 @@ def test_an_output_that_is_the_input_is_refused(messy_run, tmp_path, capsys, com
     assert data.read_bytes() == before and _leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("command", ["predict", "evaluate", "plan"])
+def test_an_output_file_the_command_did_not_write_is_never_replaced(messy_run, tmp_path, capsys, command):
+    argv = {"predict": ["predict", str(messy_run[0]), "--data", str(AGNEWS_SMALL)],
+            "evaluate": ["evaluate", str(messy_run[0]), "--data", str(AGNEWS_SMALL)],
+            "plan": ["plan", "--budget", "1000000"]}[command]
+    mine = tmp_path / "notes.txt"
+    mine.write_text("my notes\n")
+    _fails_clearly([*argv, "--output", str(mine)], capsys, f"--output {mine} already exists",
+                   "not an earlier output of this command", "move the file away")
+    assert mine.read_text() == "my notes\n" and _leftovers(tmp_path) == []
+    # Its own earlier output is replaced: a second run to the same file goes through.
+    out = tmp_path / "out"
+    for _ in range(2):
+        assert main([*argv, "--output", str(out)]) == 0
+    first_line = out.read_text().splitlines()[0]
+    assert first_line.startswith({"predict": "ID,Label", "evaluate": "{", "plan": "# textlora plan:"}[command])
+
+
+def test_classify_refuses_an_empty_text(messy_run, capsys):
+    _fails_clearly(["classify", str(messy_run[0]), "fine", "   "], capsys, "text 2 is empty", "in quotes")
+
+
+def test_sigterm_removes_a_half_written_output(tmp_path):
+    import os
+    import signal
+
+    from textlora.cli import exit_on_sigterm
+    from textlora.run.files import removed_on_failure
+
+    previous = signal.getsignal(signal.SIGTERM)
+    tmp = tmp_path / ".out.csv.1234.tmp"
+    try:
+        exit_on_sigterm()
+        with pytest.raises(SystemExit) as info, removed_on_failure(tmp, "out.csv"):
+            tmp.write_text("ID,Label\n0,")
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill` or `timeout` sends it, part-way through the file
+            raise AssertionError("SIGTERM did not end the command")  # its handler runs before this line
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert info.value.code == 143 and not tmp.exists()
+
+
 def test_a_file_beside_the_output_named_like_a_temp_file_is_kept(messy_run, tmp_path):
     out = tmp_path / "submission.csv"
     (tmp_path / "submission.csv.tmp").write_text("keep me\n")
@@ -659,7 +701,9 @@ def test_disk_full_while_saving_the_adapter_leaves_no_temp_folder(tiny_config_ya
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 def test_disk_full_while_writing_output_keeps_the_previous_file(messy_run, tmp_path, capsys, monkeypatch, command):
     out = tmp_path / ("submission.csv" if command == "predict" else "eval.json")
-    out.write_text("previous results\n")
+    # An earlier output of the command (any other file is refused before the model loads).
+    previous = "ID,Label\n0,1\n" if command == "predict" else '{"accuracy": 0.5, "confusion_matrix": []}\n'
+    out.write_text(previous)
     real_writer = csv.writer
 
     class FullDiskWriter:
@@ -681,7 +725,7 @@ def test_disk_full_while_writing_output_keeps_the_previous_file(messy_run, tmp_p
         monkeypatch.setattr(ckpt.Path, "write_text", full_write_text)
     argv = [command, str(messy_run[0]), "--data", str(AGNEWS_SMALL), "--output", str(out)]
     _fails_clearly(argv, capsys, "No space left on device", str(out), "free disk space")
-    assert out.read_text() == "previous results\n"
+    assert out.read_text() == previous
     assert _leftovers(tmp_path) == []
 
 

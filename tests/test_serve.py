@@ -273,7 +273,7 @@ def test_max_length_serves_longer_texts_in_full_from_a_run_and_its_onnx_export(t
         load_classifier(out, "cpu", onnx=True, max_length=1000)
 
 
-def test_serve_refuses_a_taken_port_and_a_folder_that_is_no_model(tiny_run, tmp_path, capsys):
+def test_serve_refuses_a_taken_or_impossible_port_an_unknown_host_and_a_folder_that_is_no_model(tiny_run, tmp_path, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -284,6 +284,13 @@ def test_serve_refuses_a_taken_port_and_a_folder_that_is_no_model(tiny_run, tmp_
     assert "neither a textlora run folder" in capsys.readouterr().err
     assert main(["serve", str(tiny_run), "--max-texts", "0"]) == 2
     assert "--max-texts must be at least 1" in capsys.readouterr().err
+    for port in ("99999", "-1"):  # socket's own error for these is an OverflowError traceback
+        assert main(["serve", str(tiny_run), "--port", port]) == 2
+        assert f"--port {port} is not a TCP port; give one from 1 to 65535" in capsys.readouterr().err
+    # An address of no interface here (TEST-NET-1: never assigned), so no name lookup leaves the machine.
+    assert main(["serve", str(tiny_run), "--host", "192.0.2.1", "--port", str(_free_port())]) == 2
+    err = capsys.readouterr().err
+    assert "cannot listen on --host 192.0.2.1" in err and "--port" not in err
 
 
 def test_the_page_in_headless_chromium(server, tmp_path):

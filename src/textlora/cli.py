@@ -165,12 +165,13 @@ def cmd_average(args) -> None:
 
 
 def cmd_plan(args) -> None:
-    from textlora.run.files import check_output_file
+    from textlora.run.files import check_output_file, starts_with
     from textlora.config import load_config
-    from textlora.commands.plan import RANKS, plan
+    from textlora.commands.plan import PLAN_HEADER, RANKS, plan
 
-    if args.output:  # the planned YAML must not replace the --config it completes
-        check_output_file(Path(args.output), "planned.yaml", inputs=[args.config] if args.config else [])
+    if args.output:  # the planned YAML must not replace the --config it completes, nor any file plan did not write
+        check_output_file(Path(args.output), "planned.yaml", inputs=[args.config] if args.config else [],
+                          own=(f"YAML that starts with '{PLAN_HEADER}'", starts_with(PLAN_HEADER)))
     base = load_config(Path(args.config), tuple(args.overrides)) if args.config else None
     if args.overrides and not args.config:
         raise TextloraError("key=value overrides need --config (they change the base config the plan completes)")
@@ -354,6 +355,18 @@ COMMANDS = {
 }
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``timeout``, a job scheduler) end the command as Ctrl-C does, by an exception:
+    half-written outputs are then removed on the way out, as on any failure. Training and serving put their
+    own handlers in place while they run."""
+    import signal
+
+    def terminated(signum, frame):
+        raise SystemExit(128 + signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, terminated)
+
+
 def main(argv=None) -> int:
     if argv is None:  # the real command line (not a call from Python): run on tcmalloc where installed
         try:
@@ -361,6 +374,7 @@ def main(argv=None) -> int:
         except TextloraError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        exit_on_sigterm()
     args = build_parser().parse_args(argv)
     # Tokenizer worker threads fight the training threads for 2 CPU cores; one is plenty here.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

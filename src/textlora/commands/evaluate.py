@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 
-from textlora.run.files import check_output_file
+from textlora.run.files import check_output_file, is_json_with
 from textlora.config import DataSource
 from textlora.errors import TextloraError
 from textlora.run.metrics import classification_metrics, format_metrics, write_metrics
@@ -45,7 +45,8 @@ def evaluate_many(run_dir: Path, sources: Sequence[DataSource], output: Optional
         if len(sources) > 1:
             raise TextloraError(f"--output names one file, but --data is given {len(sources)} times; drop --output "
                                 "(each result goes to RUN/evaluations/<data name>.json)")
-        check_output_file(Path(output), "eval.json", inputs=[source.path for source in sources])
+        check_output_file(Path(output), "eval.json", inputs=[source.path for source in sources],
+                          own=("JSON with accuracy and confusion_matrix", is_json_with("accuracy", "confusion_matrix")))
     identities = [data_identity(source) for source in sources]
     for source, identity in zip(sources, identities):
         if identities.count(identity) > 1:

@@ -250,8 +250,12 @@ def _check_search(model_cfg: ModelConfig, num_labels: int, targets: Optional[lis
     return resolved
 
 
+PLAN_HEADER = "# textlora plan:"
+"""The first words of the YAML plan writes: how ``--output`` knows a file is an earlier plan it may replace."""
+
+
 def _yaml(config: RunConfig, chosen: Candidate, budget: int, whole: bool) -> str:
-    header = (f"# textlora plan: {chosen.total:,} trainable parameters of a {budget:,} budget "
+    header = (f"{PLAN_HEADER} {chosen.total:,} trainable parameters of a {budget:,} budget "
               f"({chosen.head} head, r={chosen.r} on {chosen.matched}, layers {chosen.layers or 'all'})\n")
     if whole:
         text = config_to_yaml(config)

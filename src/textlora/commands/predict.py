@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from textlora.run.files import check_output_file, removed_on_failure, temp_beside
+from textlora.run.files import check_output_file, removed_on_failure, starts_with, temp_beside
 from textlora.config import DataSource
 from textlora.errors import DataError
 from textlora.model.precision import precision_name
@@ -40,7 +40,8 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
     from textlora.run.load import load_run
 
     output = Path(output)
-    check_output_file(output, "submission.csv", inputs=[source.path])
+    check_output_file(output, "submission.csv", inputs=[source.path],
+                      own=("a CSV whose header starts with ID,Label", starts_with("ID,Label")))
     if not output.parent.exists():
         raise DataError(f"--output folder {output.parent} does not exist; create it first")
     run = load_run(run_dir, device=device, precision=precision, base_model=base_model, max_length=max_length)
@@ -88,6 +89,9 @@ def classify(run_dir: Path, texts: Sequence[str], as_json: bool = False, device:
     if not texts:
         raise DataError('give at least one text: textlora classify RUN "some text"')
     for number, text in enumerate(texts, start=1):
+        if not text.strip():  # a shell variable that expanded to nothing, most likely; a label for it means nothing
+            raise DataError(f"text {number} is empty; give the text to classify in quotes: "
+                            'textlora classify RUN "some text"')
         problem = text_problem(text)
         if problem:
             raise DataError(f"text {number} {problem}; give UTF-8 text (convert it with iconv -t utf-8)")

@@ -44,9 +44,15 @@ def remove_path(path: Path) -> None:
             path.unlink()
 
 
-def check_output_file(output: Path, example: str, inputs: Sequence[str | Path] = ()) -> None:
+def check_output_file(output: Path, example: str, inputs: Sequence[str | Path] = (),
+                      own: Optional[tuple[str, Callable[[Path], bool]]] = None) -> None:
     """Refuse, before any work is done, an output file path that names a folder, runs through a file,
-    or is one of the command's ``inputs`` (also through a symbolic or hard link): writing it would replace them."""
+    is one of the command's ``inputs`` (also through a symbolic or hard link), or is a file this command did
+    not write: writing it would replace them.
+
+    ``own``: (what an earlier output of the command looks like, a test of an existing file); an existing
+    file that passes it is the command's own earlier output and may be replaced. Without it, none may.
+    """
     if output.is_dir():
         raise WriteError(f"--output {output} is a folder; give a file name such as {example}")
     through = next((p for p in output.parents if p.exists()), None)
@@ -57,6 +63,34 @@ def check_output_file(output: Path, example: str, inputs: Sequence[str | Path] =
             if output.exists() and os.path.samefile(output, source):
                 raise WriteError(f"--output {output} is the input {source}; writing it would replace the data. "
                                  f"Give another file name, such as {example}")
+    if output.exists() and not (own is not None and _passes(own[1], output)):
+        looks = f" ({own[0]})" if own is not None else ""
+        raise WriteError(f"--output {output} already exists and is not an earlier output of this command{looks}; "
+                         f"writing it would replace it. Give a new file name, such as {example}, or move the file away")
+
+
+def _passes(test: Callable[[Path], bool], path: Path) -> bool:
+    """``test(path)``, False where the file cannot be read (then it is not known to be the command's own)."""
+    try:
+        return test(path)
+    except (OSError, ValueError):
+        return False
+
+
+def starts_with(prefix: str) -> Callable[[Path], bool]:
+    """A test of a file that begins with ``prefix`` (the header or first line a command writes)."""
+    def test(path: Path) -> bool:
+        with path.open("rb") as handle:
+            return handle.read(len(prefix.encode())) == prefix.encode()
+    return test
+
+
+def is_json_with(*keys: str) -> Callable[[Path], bool]:
+    """A test of a file holding a JSON object with all of ``keys`` (what a command's JSON output always has)."""
+    def test(path: Path) -> bool:
+        data = json.loads(path.read_text())
+        return isinstance(data, dict) and all(key in data for key in keys)
+    return test
 
 
 def temp_beside(path: Path) -> Path:

@@ -5,6 +5,7 @@ Entry function: :func:`serve`. The app itself is :func:`textlora.serve.app.creat
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -51,12 +52,17 @@ class ServeLimits:
 
 def _check_port(host: str, port: int) -> None:
     """Fail with a clear message now rather than a uvicorn traceback once the model has loaded."""
+    if not 1 <= port <= 65535:
+        raise ServeError(f"--port {port} is not a TCP port; give one from 1 to 65535 (default 8000)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
+            if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:  # the host, not the port
+                raise ServeError(f"cannot listen on --host {host} ({exc.strerror}); give an address of this "
+                                 "machine, such as 127.0.0.1 or 0.0.0.0") from None
             raise ServeError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or stop "
                              "what is using it") from None
 
