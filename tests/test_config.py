@@ -71,6 +71,24 @@ def test_bad_override_names_its_key(override, key):
     assert f"'{key}'" in str(info.value)
 
 
+def test_an_error_names_the_layer_it_comes_from_the_file_or_the_override(tmp_path):
+    path = _yaml(tmp_path, "optim:\n  lr: 1.0e-3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ("optim.lrr=1e-3",))
+    assert "in the override 'optim.lrr=1e-3'" in str(info.value) and str(path) not in str(info.value)
+    bad = _yaml(tmp_path, "optim:\n  lrr: 1.0e-3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad, ("train.epochs=2",))
+    assert f"in {bad}" in str(info.value) and "override" not in str(info.value)
+
+
+def test_a_scalar_where_a_list_belongs_says_how_to_write_a_list():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ("data.label_names=World",))
+    message = str(info.value)
+    assert "'data.label_names'" in message and "data.label_names=[a,b]" in message and "AnyNode" not in message
+
+
 def test_allowed_values_are_listed():
     with pytest.raises(ConfigError, match="adamw, rmsprop, sgd"):
         load_config(None, ("optim.name=adam",))

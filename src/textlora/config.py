@@ -368,7 +368,7 @@ def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] = ()) ->
     against the current directory, like every path given on the command line.
     """
     schema = OmegaConf.structured(RunConfig)
-    layers = [schema]
+    layers = [(schema, "")]
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -381,21 +381,24 @@ def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] = ()) ->
         if not isinstance(loaded, DictConfig):  # a top-level list would fail the merge with a bare TypeError
             raise ConfigError(f"config file {path} must be a mapping of sections (model:, data:, optim:, train:), "
                               f"not a {type(loaded).__name__}")
-        layers.append(loaded)
+        layers.append((loaded, f" in {path}"))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.epochs=2)")
         try:
-            layers.append(OmegaConf.from_dotlist([item]))
+            layers.append((OmegaConf.from_dotlist([item]), f" in the override {item!r}"))
         except Exception as exc:  # the value is parsed as YAML: an unclosed [ or { fails there
             raise ConfigError(f"override {item!r}: its value is not valid YAML ({' '.join(str(exc).split())}); "
                               "close every [ and {, and put a space after each colon in a mapping "
                               "(e.g. 'model.target_modules=[query,value]', 'data.test={path: test.csv}')") from None
+    # Merged one layer at a time, so that an error names the layer that caused it: the file or an override.
+    merged, where = layers[0][0], ""
     try:
-        merged = OmegaConf.merge(*layers)
+        for layer, where in layers[1:]:
+            merged = OmegaConf.merge(merged, layer)
+        where = f" in {path}" if path is not None else ""
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        where = f" in {path}" if path is not None else ""
         raise ConfigError(f"invalid configuration{where}: {_omegaconf_message(exc)}") from None
 
 
@@ -403,6 +406,8 @@ def _omegaconf_message(exc: OmegaConfBaseException) -> str:
     # OmegaConf appends a multi-line "full_key/object_type" trailer; the first line says it all.
     text = str(exc).strip().splitlines()[0]
     key = getattr(exc, "full_key", None)
+    if key and "is not a ListConfig" in text:  # OmegaConf's words for a scalar given where a list belongs
+        text = f"expects a list, such as {key}=[a,b] on the command line or `{key.split('.')[-1]}: [a, b]` in YAML"
     return f"key '{key}': {text}" if key else text
 
 
