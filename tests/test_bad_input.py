@@ -133,7 +133,11 @@ TRAIN_CASES = {
                                                                           "Set label_column"]),
     "all-texts-empty-or-nan": (_parquet_all_blank, ["every text is empty", "check text_columns"]),
     "missing-labels": (_data("nolabel.csv", _LABELS_12 + [["", "t", "d"], ["", "t2", "d2"]]),
-                       ["2 row(s) have no label (rows 12, 13)", "fill them in or remove those rows"]),
+                       ["2 row(s) have no label (line 13, line 14)", "fill them in or remove those rows"]),
+    # Named by file line even after rows with empty text were dropped before the labels were read.
+    "label-outside-the-classes": (_data("seven.csv", [["1", "", ""]] + _LABELS_12 + [["7", "t", "d"]]),
+                                  ["label 7 (line 14) is outside the 4 classes of data.label_names, labels 0..3 or 1..4",
+                                   "fix that label"]),
     "mixed-int-str-labels": (_data("mixed.csv", _LABELS_12 + [["Sports", "t", "d"]]),
                              ["labels mix integers and strings", "use one kind"]),
     "single-class": (_data("one.csv", [["3", f"t {i}", "d"] for i in range(12)]),

@@ -135,7 +135,7 @@ def test_a_missing_set_or_foreign_labels_are_refused_before_the_run_folder(tiny_
     foreign.write_text("label,text\n1,one\n7,seven\n")
     assert main(["train", "--config", str(config), f"data.eval_sets.shifted.path={foreign}"]) == 2
     err = capsys.readouterr().err
-    assert "data.eval_sets.shifted" in err and "outside the run's classes: 7 (row 1)" in err
+    assert "data.eval_sets.shifted" in err and "outside the run's classes: 7 (line 3)" in err
     assert not (tmp_path / "runs").exists()
 
 

@@ -68,7 +68,7 @@ def test_missing_labels_give_row_numbers():
 
 
 def test_int_label_beyond_label_names():
-    with pytest.raises(DataError, match="label 5 is outside the 4 classes"):
+    with pytest.raises(DataError, match=r"label 5 \(row 3\) is outside the 4 classes.*labels 0..3 or 1..4; fix that label"):
         build_label_map([1, 2, 3, 5], "train", AG)
 
 

@@ -136,14 +136,14 @@ def normalise_labels(raw: Sequence, where: str, name_row: Callable[[int], str] =
 
 
 def build_label_map(raw: Sequence, where: str, label_names: Optional[Sequence[str]] = None,
-                    label_base: str = "auto") -> LabelMap:
+                    label_base: str = "auto", name_row: Callable[[int], str] = row_name) -> LabelMap:
     """Infer the label map from the training labels.
 
     Int labels are 1-based when ``label_base`` says so, or (``auto``) when 0 never occurs and the
     largest label equals the class count (AG News' 1..4). String labels keep the order of
     ``label_names`` when given, else sorted order.
     """
-    values = normalise_labels(raw, where)
+    values = normalise_labels(raw, where, name_row)
     distinct = sorted(set(values))
     if len(distinct) < 2:
         raise DataError(
@@ -174,8 +174,10 @@ def build_label_map(raw: Sequence, where: str, label_names: Optional[Sequence[st
         )
     if distinct[-1] - base >= num_labels:
         raise DataError(
-            f"{where}: label {distinct[-1]} is outside the {num_labels} classes of data.label_names "
-            f"({base}-based); fix data.label_names or data.label_base"
+            f"{where}: label {distinct[-1]} ({name_row(values.index(distinct[-1]))}) is outside the {num_labels} "
+            f"classes of data.label_names, labels "
+            f"{f'0..{num_labels - 1} or 1..{num_labels}' if label_base == 'auto' else f'{base}..{base + num_labels - 1}'}"
+            "; fix that label, or list every class in data.label_names"
         )
     names = tuple(label_names) if label_names else tuple(f"class_{i}" for i in range(num_labels))
     return LabelMap(names=names, kind="int", base=base)

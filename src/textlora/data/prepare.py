@@ -139,7 +139,8 @@ def length_histogram(lengths: np.ndarray) -> dict:
     return {"words": words.tolist(), "rows": rows.tolist()}
 
 
-def _drop_empty(texts: list[str], raw_labels: list, where: str, report: dict) -> tuple[list[str], list]:
+def _drop_empty(texts: list[str], raw_labels: list, where: str, report: dict) -> tuple[list[str], list, list[int]]:
+    """The rows whose text is not empty: texts, labels, and their data rows (from 0) in the file."""
     keep = [i for i, t in enumerate(texts) if t]
     dropped = len(texts) - len(keep)
     report[f"{where}_empty_texts_dropped"] = dropped
@@ -147,16 +148,20 @@ def _drop_empty(texts: list[str], raw_labels: list, where: str, report: dict) ->
         print(f"[data] {where}: dropped {dropped} row(s) whose text is empty or blank")
     if not keep:
         raise DataError(f"{where}: every text is empty; check text_columns")
-    return [texts[i] for i in keep], [raw_labels[i] for i in keep]
+    return [texts[i] for i in keep], [raw_labels[i] for i in keep], keep
 
 
-def _load_labelled(source: DataSource, where: str, cfg: DataConfig, report: dict) -> tuple[list[str], list, pd.DataFrame]:
+def _load_labelled(source: DataSource, where: str, cfg: DataConfig,
+                   report: dict) -> tuple[list[str], list, pd.DataFrame, Callable[[int], str]]:
+    """Texts and raw labels of the rows with text, the table read, and how an error names a row kept
+    (by its line in a CSV/TSV file, what an editor shows)."""
     frame = read_table(source.path, source.column_names, source.split)
-    texts = extract_texts(frame, list(source.text_columns), where, cfg.clean_backslashes)
+    by_line = _row_namer(source)
+    texts = extract_texts(frame, list(source.text_columns), where, cfg.clean_backslashes, name_row=by_line)
     raw = label_column(frame, source, where)
     report[f"{where}_rows_read"] = len(texts)
-    texts, raw = _drop_empty(texts, raw, where, report)
-    return texts, raw, frame
+    texts, raw, kept = _drop_empty(texts, raw, where, report)
+    return texts, raw, frame, lambda row: by_line(kept[row])
 
 
 def prepare_training_data(cfg: DataConfig, seed: int) -> TrainingData:
@@ -166,10 +171,10 @@ def prepare_training_data(cfg: DataConfig, seed: int) -> TrainingData:
         TrainingData whose ``report`` counts rows read, dropped, filtered and per class.
     """
     report: dict = {}
-    texts, raw, frame = _load_labelled(cfg.train, "train", cfg, report)
+    texts, raw, frame, name_row = _load_labelled(cfg.train, "train", cfg, report)
     names = cfg.label_names or frame.attrs.get("label_names")
-    label_map = build_label_map(raw, f"train data {cfg.train.path}", names, cfg.label_base)
-    labels = label_map.encode(raw, f"train data {cfg.train.path}")
+    label_map = build_label_map(raw, f"train data {cfg.train.path}", names, cfg.label_base, name_row)
+    labels = label_map.encode(raw, f"train data {cfg.train.path}", name_row)
     print(f"[data] {label_map.describe()}")
     absent = np.flatnonzero(np.bincount(labels, minlength=label_map.num_labels) == 0)
     if len(absent):
@@ -184,8 +189,8 @@ def prepare_training_data(cfg: DataConfig, seed: int) -> TrainingData:
         report["train_rows_subsampled_to"] = len(texts)
 
     if cfg.validation is not None:
-        val_texts, val_raw, _ = _load_labelled(cfg.validation, "validation", cfg, report)
-        validation = Split(val_texts, label_map.encode(val_raw, f"validation data {cfg.validation.path}"))
+        val_texts, val_raw, _, name_row = _load_labelled(cfg.validation, "validation", cfg, report)
+        validation = Split(val_texts, label_map.encode(val_raw, f"validation data {cfg.validation.path}", name_row))
         train = Split(texts, labels)
     else:
         train, validation = _carve_validation(texts, labels, cfg.validation_size, seed, label_map)
@@ -205,12 +210,13 @@ def prepare_training_data(cfg: DataConfig, seed: int) -> TrainingData:
 
     test = None
     if cfg.test is not None:
-        test_texts, test_raw, _ = _load_labelled(cfg.test, "test", cfg, report)
-        test = Split(test_texts, label_map.encode(test_raw, f"test data {cfg.test.path}"))
+        test_texts, test_raw, _, name_row = _load_labelled(cfg.test, "test", cfg, report)
+        test = Split(test_texts, label_map.encode(test_raw, f"test data {cfg.test.path}", name_row))
     eval_sets = {}
     for name, source in cfg.eval_sets.items():
-        set_texts, set_raw, _ = _load_labelled(source, f"eval_sets.{name}", cfg, report)
-        eval_sets[name] = Split(set_texts, label_map.encode(set_raw, f"data.eval_sets.{name} data {source.path}"))
+        set_texts, set_raw, _, name_row = _load_labelled(source, f"eval_sets.{name}", cfg, report)
+        eval_sets[name] = Split(set_texts, label_map.encode(set_raw, f"data.eval_sets.{name} data {source.path}",
+                                                            name_row))
     if eval_sets:
         report["eval_set_rows"] = {name: len(split) for name, split in eval_sets.items()}
     return TrainingData(train=train, validation=validation, label_map=label_map, report=report, test=test,
