@@ -147,8 +147,10 @@ TRAIN_CASES = {
     "bad-config-value": (lambda d: ["optim.name=adam"], ["optim.name", "allowed values are adamw, rmsprop, sgd"]),
     "over-budget": (lambda d: ["model.max_trainable_params=1000"], ["over the budget of 1,000",
                                                                    "Nearest configurations that fit"]),
-    "model-missing": (lambda d: ["model.name_or_path=/no/such/model"], ["no model config could be loaded",
-                                                                       "local folder with config.json"]),
+    "model-missing": (lambda d: ["model.name_or_path=/no/such/model"], ["there is no folder /no/such/model",
+                                                                       "copy the model folder there"]),
+    "model-hub-id-unreachable": (lambda d: ["model.name_or_path=no-such-owner/no-such-model"],
+                                 ["no model config could be loaded", "local folder with config.json"]),
     "model-not-a-text-classifier": (_model_folder({"model_type": "vit", "hidden_size": 32}),
                                     ["'vit' model", "AutoModelForSequenceClassification", "use e.g. roberta-base"]),
     "model-encoder-decoder": (_model_folder({"model_type": "t5", "d_model": 32}),
@@ -633,6 +635,13 @@ def test_a_file_beside_the_output_named_like_a_temp_file_is_kept(messy_run, tmp_
     (tmp_path / "submission.csv.tmp").write_text("keep me\n")
     assert main(["predict", str(messy_run[0]), "--data", str(AGNEWS_SMALL), "--output", str(out)]) == 0
     assert (tmp_path / "submission.csv.tmp").read_text() == "keep me\n" and out.is_file()
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_run_folder_that_does_not_exist_is_named_so(tmp_path, capsys, command):
+    missing = tmp_path / "runs" / "quickstart-typo"
+    _fails_clearly([command, str(missing), "--data", str(AGNEWS_SMALL), "--output", str(tmp_path / "out")], capsys,
+                   f"{missing} does not exist", "the run folder `textlora train` printed")
 
 
 def test_compare_refuses_a_run_given_twice(messy_run, capsys):

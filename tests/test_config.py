@@ -115,6 +115,8 @@ def test_override_without_equals():
 
 
 def test_missing_file_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder; pass a YAML file"):
+        load_config(tmp_path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):

@@ -371,6 +371,9 @@ def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] = ()) ->
     layers = [(schema, "")]
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder; pass a YAML file to --config, such as "
+                              "configs/quickstart.yaml")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
         try:

