@@ -764,6 +764,8 @@ PLAN_CASES = {
                                                      "attention.self.query", "intermediate.dense"]),
     "layers-out-of-range": (["--layers", "20-30"], ["--layers 20-30", "roberta-base has 12 layers", "0-11"]),
     "layers-partly-out-of-range": (["--layers", "10-12"], ["--layers 10-12", "has 12 layers"]),
+    "output-folder-missing": (["--output", "/no/such/folder/plan.yaml"],  # refused before the plan is printed
+                              ["--output folder /no/such/folder does not exist", "create it first"]),
 }
 
 

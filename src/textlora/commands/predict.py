@@ -42,8 +42,6 @@ def predict(run_dir: Path, source: DataSource, output: Path, with_names: bool = 
     output = Path(output)
     check_output_file(output, "submission.csv", inputs=[source.path],
                       own=("a CSV whose header starts with ID,Label", starts_with("ID,Label")))
-    if not output.parent.exists():
-        raise DataError(f"--output folder {output.parent} does not exist; create it first")
     run = load_run(run_dir, device=device, precision=precision, base_model=base_model, max_length=max_length)
     names = run.label_map.names
     header = ["ID", "Label"] + (["LabelName"] if with_names else []) + ([f"prob_{n}" for n in names] if with_probs else [])

@@ -58,6 +58,8 @@ def check_output_file(output: Path, example: str, inputs: Sequence[str | Path] =
     through = next((p for p in output.parents if p.exists()), None)
     if through is not None and not through.is_dir():
         raise WriteError(f"--output {output}: {through} is a file, not a folder; fix the path")
+    if not output.parent.exists():
+        raise WriteError(f"--output folder {output.parent} does not exist; create it first")
     for source in inputs:
         with contextlib.suppress(OSError):  # an input that is no file (a hub name) cannot be overwritten
             if output.exists() and os.path.samefile(output, source):
