@@ -5,6 +5,8 @@
 #   the greedy soup of its kept checkpoints (`textlora average --greedy`, into runs/agnews-mpnet-best-avg).
 # On a CPU each takes hours. Run it again after an interruption: a finished run (summary.json) is kept, an
 # unfinished one continues from its newest checkpoint (`textlora train --resume`), a missing one starts.
+# A run whose folder holds another configuration than its config file has now (the file was edited since) is
+# neither kept as finished nor resumed: the script stops and says what differs (scripts/config_drift.py).
 #
 #   bash scripts/base-size-runs.sh [CONFIG ...] > runs/base-size.log 2>&1 &
 set -euo pipefail
@@ -16,6 +18,12 @@ CONFIGS=("$@")
                                       configs/agnews-mpnet-r8-qv-top4.yaml)
 for config in "${CONFIGS[@]}"; do
     run="runs/$(basename "$config" .yaml)"
+    if [ -f "$run/config.yaml" ] && ! differences=$(python scripts/config_drift.py "$config" "$run"); then
+        echo "base-size-runs: $run was trained with another configuration than $config has now:" >&2
+        echo "$differences" | sed 's/^/    /' >&2
+        echo "base-size-runs: move it away (mv $run $run-old) to train $config as it is now" >&2
+        exit 1
+    fi
     if [ -f "$run/summary.json" ]; then
         echo "base-size-runs: $run is finished"
     elif [ -f "$run/config.yaml" ]; then
