@@ -95,9 +95,9 @@ def test_a_bad_row_late_in_the_file_leaves_no_output(run, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("\n".join(rows + ['3,"title","description","one field too many"']) + "\n")
     out = tmp_path / "submission.csv"
-    out.write_text("previous submission\n")
+    out.write_text("ID,Label\n0,2\n")  # an earlier submission: predict may replace it, but only when it finishes
     source = DataSource(path=str(bad), column_names=NAMES, text_columns=["title", "description"])
     with pytest.raises(DataError, match="bad.csv"):
         predict(run, source, out, chunk_rows=50)
-    assert out.read_text() == "previous submission\n"
+    assert out.read_text() == "ID,Label\n0,2\n"
     assert not (tmp_path / "submission.csv.tmp").exists()
