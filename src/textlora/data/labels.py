@@ -173,11 +173,12 @@ def build_label_map(raw: Sequence, where: str, label_names: Optional[Sequence[st
             "Set data.label_names to the K class names, or use string labels"
         )
     if distinct[-1] - base >= num_labels:
+        allowed = (f"0..{num_labels - 1} or 1..{num_labels}" if label_base == "auto"
+                   else f"{base}..{base + num_labels - 1}")
+        first = values.index(distinct[-1])
         raise DataError(
-            f"{where}: label {distinct[-1]} ({name_row(values.index(distinct[-1]))}) is outside the {num_labels} "
-            f"classes of data.label_names, labels "
-            f"{f'0..{num_labels - 1} or 1..{num_labels}' if label_base == 'auto' else f'{base}..{base + num_labels - 1}'}"
-            "; fix that label, or list every class in data.label_names"
+            f"{where}: label {distinct[-1]} ({name_row(first)}) is outside the {num_labels} classes of "
+            f"data.label_names, labels {allowed}; fix that label, or list every class in data.label_names"
         )
     names = tuple(label_names) if label_names else tuple(f"class_{i}" for i in range(num_labels))
     return LabelMap(names=names, kind="int", base=base)
