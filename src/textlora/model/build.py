@@ -109,11 +109,11 @@ def load_model_config(name_or_path: str, label_map: Optional[LabelMap] = None, n
         config = AutoConfig.from_pretrained(name_or_path, **kwargs)
     except Exception as exc:  # OSError, ValueError, hub validation errors: all mean "not loadable"
         if bundled is None:
-            from textlora.run.folder import how_to_get, path_like
+            from textlora.run.folder import how_to_get, missing_folder
 
-            if path_like(name_or_path) and not Path(name_or_path).expanduser().exists():  # not a hub id: say so
-                raise ConfigError(f"model.name_or_path={name_or_path!r}: there is no folder "
-                                  f"{Path(name_or_path).expanduser().absolute()}; {how_to_get(name_or_path)}, "
+            missing = missing_folder(name_or_path)
+            if missing:  # a path, not a hub id: the hub's message would mislead
+                raise ConfigError(f"model.name_or_path={name_or_path!r}: {missing}; {how_to_get(name_or_path)}, "
                                   "or fix the path") from None
             raise ConfigError(
                 f"model.name_or_path={name_or_path!r}: no model config could be loaded ({str(exc).splitlines()[0]}). "

@@ -63,6 +63,12 @@ def path_like(name_or_path: str) -> bool:
     return Path(name_or_path).is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
 
 
+def missing_folder(name_or_path: str) -> str | None:
+    """``there is no folder ...`` when ``name_or_path`` is a path (not a hub id) to nothing; else None."""
+    folder = Path(name_or_path).expanduser()
+    return f"there is no folder {folder.absolute()}" if path_like(name_or_path) and not folder.is_dir() else None
+
+
 def how_to_get(name_or_path: str) -> str:
     """How to get the model ``name_or_path`` onto this machine, as a clause of an error message."""
     known = _GET_BASE_MODEL.get(Path(name_or_path.rstrip("/")).name)
@@ -88,8 +94,9 @@ def _base_model_problem(location: str) -> str | None:
     folder = Path(resolved).expanduser()
     if folder.is_dir():
         return None if (folder / "config.json").is_file() else f"{folder} has no config.json"
-    if path_like(resolved):
-        return f"there is no folder {folder.absolute()}"
+    missing = missing_folder(resolved)
+    if missing:
+        return missing
     try:  # a hub id (or a relative path that is not here): the hub, or its local cache, decides
         from transformers import AutoConfig
 
