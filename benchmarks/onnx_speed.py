@@ -32,8 +32,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for both (default: torch's)")
-    parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="markdown file to update, or 'none'")
     args = parser.parse_args()
 
     import onnxruntime
@@ -91,16 +90,13 @@ def main() -> None:
     load_after = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     table = markdown_table(["batch size", "PyTorch texts/s", "ONNX Runtime texts/s", "ONNX Runtime vs PyTorch",
                             "max prob diff", "labels differing"], rows)
-    print(table)
-    if args.no_write:
-        return
     body = (f"## ONNX Runtime vs PyTorch (CPU inference)\n\nThe merged model of `textlora export --onnx` "
             f"(`{args.model}`), fp32, {threads} threads each, on the same {args.rows} AG News test texts in "
             f"length-sorted, dynamically padded batches; {args.rounds} rounds after a warm-up round, the two "
             f"runtimes taking turns.\n\n{table}\n\nMachine: {machine()}; load average "
             f"before/after: {load_before} / {load_after} (other processes share this machine).\n\n"
             f"Command: `{command_line()}`\n")
-    publish_section(str(args.output), "onnx-speed", body)
+    publish_section(args.out, "onnx-speed", body)
 
 
 if __name__ == "__main__":

@@ -130,8 +130,7 @@ def main() -> None:
     parser.add_argument("--texts-per-request", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2, help="turns each arm takes per level (interleaved)")
     parser.add_argument("--arms", default="batched,unbatched")
-    parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
-    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="markdown file to update, or 'none'")
     args = parser.parse_args()
 
     texts = load_agnews(default_test_data()).texts
@@ -170,9 +169,6 @@ def main() -> None:
                      f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}", f"{r['mean_batch']:.1f}", ratio])
     table = markdown_table(["arm", "concurrency", "requests", "errors", "requests/s", "texts/s", "p50 ms", "p99 ms",
                             "texts per model call", "texts/s vs unbatched"], rows)
-    print(table)
-    if args.no_write:
-        return
     exported = args.model / "textlora.json"
     source = (f" (`textlora export {json.loads(exported.read_text())['run_dir']} --out {args.model} --onnx`)"
               if exported.is_file() else "")
@@ -182,7 +178,7 @@ def main() -> None:
             f"`unbatched` (one model call per request) is the reference measured in the same run.\n\n{table}\n\n"
             f"Model: `{args.model}`{source}. Machine: {machine()}; load average before/after: {load_before} / "
             f"{load_after} (other processes share this machine).\n\nCommand: `{command_line()}`\n")
-    publish_section(str(args.output), "serve-load", body)
+    publish_section(args.out, "serve-load", body)
 
 
 if __name__ == "__main__":

@@ -318,3 +318,17 @@ def test_publish_section_keeps_the_raw_output_dated_and_replaces_its_section_wit
     bc.publish_section("none", "speed-c", body)
     assert not (tmp_path / "benchmarks" / "results" / "speed-c-2026-12-24.md").exists()
 
+
+
+# run_table.py writes results tables into README/docs pages and names them with --page (default: print only).
+MEASURING = sorted(p.name for p in bc.REPO.glob("benchmarks/*.py")
+                   if "publish_section(" in p.read_text() and p.name not in ("common.py", "run_table.py"))
+
+
+@pytest.mark.parametrize("script", MEASURING)
+def test_every_measuring_benchmark_takes_out_and_none_prints_only(script):
+    import subprocess
+
+    shown = subprocess.run([sys.executable, str(bc.REPO / "benchmarks" / script), "--help"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "--out OUT" in shown and "none" in shown
