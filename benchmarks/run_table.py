@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/run_table.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common as bc
+from textlora.run.layout import averaged_checkpoints, averaged_count
 
 _NOT_A_CHANGE = {"train.run_name", "train.output_dir", "train.quiet"}
 
@@ -53,11 +54,10 @@ def _figures(name: str, config: dict, summary: dict, train_rows, epochs) -> dict
     flat, best_step = _flat(config), summary.get("best_step")
     averaged = summary.get("averaged")
     if averaged:  # `textlora average` wrote it: the model is a mean of checkpoints, not one of them
-        steps = "+".join(str(step) for step in averaged["steps"])
         metric = averaged.get("metric", summary.get("best_metric"))  # averages before --metric: the run's own
         chosen = f" (chosen on {metric})" if averaged["method"] == "greedy" else ""
-        flat["checkpoints"] = f"{averaged['method']} average of steps {steps}{chosen}"
-        best_step = f"mean of {len(averaged['steps'])}"
+        flat["checkpoints"] = f"{averaged['method']} average of {averaged_checkpoints(averaged)}{chosen}"
+        best_step = f"mean of {averaged_count(averaged)}"
     return {"run": name, "config": flat, "validation": summary.get("validation_accuracy"),
             "sets": sets, "test": summary.get("test_accuracy"), "trainable": summary.get("trainable_params"),
             "train_rows": train_rows, "epochs": epochs,

@@ -1,6 +1,7 @@
 """`textlora average` on the tiny model: the mean of kept checkpoints, uniform and greedy, as a new run folder."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -25,6 +26,16 @@ def run(tiny_model_dir, tmp_path_factory):
     assert main(["train", "--config", str(config), "train.eval_every_steps=2", "train.keep_last=50",
                  "train.metric_for_best=mean/accuracy", "train.epochs=1"]) == 0
     return root / "runs" / "tiny"
+
+
+@pytest.fixture(scope="module")
+def other_lr(run):
+    """The same recipe as ``run`` at another learning rate: its checkpoints may join ``run``'s soup."""
+    config = run.parent.parent / "avg.yaml"
+    assert main(["train", "--config", str(config), "train.eval_every_steps=2", "train.keep_last=50",
+                 "train.metric_for_best=mean/accuracy", "train.epochs=1", "optim.lr=2e-2",
+                 "train.run_name=tiny-lr2e-2"]) == 0
+    return run.parent / "tiny-lr2e-2"
 
 
 def _steps(run):
@@ -124,3 +135,71 @@ def test_the_python_api_averages_too(run, tmp_path, monkeypatch):
     assert averaged["steps"] == _steps(run)[-2:]
     # The source as given, not this machine's absolute path: a published folder moves between machines.
     assert averaged["from"] == run.name
+
+
+def test_with_pools_the_checkpoints_of_a_run_of_the_same_recipe(run, other_lr, tmp_path, capsys):
+    out = tmp_path / "pooled"
+    assert main(["average", str(run), "--last", "2", "--with", str(other_lr), "--output", str(out), "--no-test"]) == 0
+    averaged = json.loads((out / "summary.json").read_text())["averaged"]
+    assert averaged["steps"] == _steps(run)[-2:] and averaged["with"] == {str(other_lr): _steps(other_lr)}
+    # The model written is the mean over both runs' checkpoints, each checkpoint counted once.
+    folders = [run / "checkpoints" / f"step-{s:07d}" for s in averaged["steps"]] + \
+        [other_lr / "checkpoints" / f"step-{s:07d}" for s in averaged["with"][str(other_lr)]]
+    expected = mean_state([load_file(str(f / "trainable.safetensors")) for f in folders])
+    loaded = dict(load_run(out, merge=False).model.named_parameters())
+    for name, value in expected.items():
+        torch.testing.assert_close(loaded[name].detach().float(), value)
+    assert main(["report", str(out)]) == 0
+    assert f"{other_lr} steps " in (out / "report" / "report.md").read_text()
+
+
+def test_greedy_with_another_run_tries_the_best_logged_candidates_of_both(run, other_lr, tmp_path, capsys):
+    out = tmp_path / "pooled-soup"
+    assert main(["average", str(run), "--greedy", "--with", str(other_lr), "--top", "3", "--output", str(out),
+                 "--no-test"]) == 0
+    printed = capsys.readouterr().out
+    tried = printed.split("greedy: ")[1].splitlines()[0].split("; ")
+    assert len(tried) == 3  # --top 3
+    logged = {}
+    for source, label in ((run, "step"), (other_lr, f"{other_lr.name} step")):
+        for line in (source / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if record["kind"] == "eval":
+                logged[f"{label} {record['step']}"] = (record["accuracy"] + record["sets"]["titles"]["accuracy"]) / 2
+    best3 = sorted(logged.values(), reverse=True)[:3]
+    assert sorted((logged[t.rsplit(" ", 2)[0]] for t in tried), reverse=True) == best3
+    # The soup starts from the best of them and keeps a candidate only when the mean scores no worse.
+    first = float(tried[0].rsplit("(", 1)[1].rstrip(")"))
+    assert "kept" in tried[0] and json.loads((out / "summary.json").read_text())["best_value"] >= first - 1e-4
+
+
+@pytest.mark.parametrize("override, key", [("model.lora_r=2", "model.lora_r"), ("train.seed=7", "train.seed"),
+                                           ("data.validation_size=30", "data.validation_size")])
+def test_with_refuses_a_run_that_starts_elsewhere_or_is_scored_on_other_rows(run, tmp_path, capsys, override, key):
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    config = (other / "config.yaml").read_text()
+    name, value = override.split("=")
+    section, field = name.split(".")
+    lines = config.splitlines()
+    inside = False
+    for i, line in enumerate(lines):
+        if not line.startswith(" "):
+            inside = line.rstrip(":") == section
+        elif inside and line.strip().startswith(f"{field}:") and line.startswith("  ") and not line.startswith("   "):
+            lines[i] = f"  {field}: {value}"
+    (other / "config.yaml").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "never"
+    assert main(["average", str(run), "--with", str(other), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "not the same recipe" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, words", [(["--top", "3"], ["--top", "--greedy"]),
+                                         (["--with", "SELF"], ["is the run itself"])])
+def test_with_and_top_misuse_is_refused(run, tmp_path, capsys, args, words):
+    args = [str(run) if a == "SELF" else a for a in args]
+    assert main(["average", str(run), *args, "--output", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err

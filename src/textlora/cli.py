@@ -161,7 +161,8 @@ def cmd_average(args) -> None:
     from textlora.commands.average import average
 
     average(Path(args.run), args.steps, args.last, args.greedy, Path(args.output) if args.output else None,
-            args.device, args.batch_size, args.base_model, args.metric, not args.no_test)
+            args.device, args.batch_size, args.base_model, args.metric, not args.no_test,
+            [Path(run) for run in args.with_runs], args.top)
 
 
 def cmd_plan(args) -> None:
@@ -303,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true",
                    help="greedy soup: add checkpoints best-first, keeping each only if the mean scores no worse on "
                         "train.metric_for_best (validation and eval sets)")
+    p.add_argument("--with", dest="with_runs", action="append", default=[], metavar="RUN",
+                   help="another run of the same recipe (it may differ in optim.* and train.*, not train.seed): its "
+                        "kept checkpoints join the candidates (repeat for more runs)")
+    p.add_argument("--top", type=_int_at_least(2, " (a soup needs two candidates)"),
+                   help="--greedy tries only the N candidates with the best logged metric (each try is a pass over "
+                        "the validation split and eval sets)")
     p.add_argument("--metric", help="what --greedy chooses on and the table shows, as train.metric_for_best "
                                     "(e.g. mean/accuracy; default the run's own)")
     p.add_argument("--no-test", action="store_true",

@@ -10,6 +10,10 @@ too, and it can keep more of what early and late checkpoints each do well than a
 * greedy (``--greedy``): the "greedy soup": checkpoints in order of their logged ``train.metric_for_best``
   (or ``--metric``), each kept in the mean only if the mean then scores at least as well on the run's
   validation split and eval sets, never on the test split.
+* other runs (``--with RUN2``): the kept checkpoints of runs of the same recipe that trained otherwise
+  (learning rate, epochs, schedule: the soups of the paper) join the candidates. They must start where the
+  run starts and be scored on what it is scored on: the same model, LoRA layout, head, seed and data
+  (so the same carved validation split, which none of them trained on).
 
 The source run is never changed: the average is written as a new run folder (default ``RUN-avg`` beside
 it) that evaluate, predict, report, export and serve read like any other. The run's test split, when its
@@ -20,30 +24,78 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 from safetensors.torch import load_file
 
+from textlora.commands.compare import key_differences
 from textlora.config import config_from_yaml_file
 from textlora.errors import RunFolderError, TextloraError
 from textlora.run.files import check_output_folder, folder_written_whole, read_json
 from textlora.run.layout import (ADAPTER_DIR, BUDGET_FILE, CHECKPOINTS_DIR, CONFIG_FILE, DATA_REPORT_FILE, EVAL_FILE,
                                  LABELS_FILE, METRICS_FILE, PREDICTIONS_DIR, SUMMARY_FILE, TEST_EVAL_FILE,
-                                 TOKENIZER_DIR)
+                                 TOKENIZER_DIR, averaged_checkpoints, averaged_count)
 from textlora.training import checkpoint as ckpt
 
 COPIED = (CONFIG_FILE, LABELS_FILE, BUDGET_FILE, DATA_REPORT_FILE, METRICS_FILE)
 """Files of the source run that describe the average too (its config, labels, data and training curve)."""
 
 
-def pick_checkpoints(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional[int] = None) -> list[Path]:
+@dataclass(frozen=True)
+class Ingredient:
+    """One checkpoint that may go into the mean: the run it comes from (as the user named it) and its step."""
+
+    run: Path
+    step: int
+    folder: Path
+
+    def label(self, source: Path) -> str:
+        return f"step {self.step}" if self.run == source else f"{self.run.name} step {self.step}"
+
+
+TRAINING_ONLY = ("optim.", "train.", "model.lora_dropout", "model.base_dtype", "model.first_token_last_layer",
+                 "model.max_length", "model.max_trainable_params", "data.test")
+"""Config keys in which a ``--with`` run may differ: how it trained, not where it starts or what it is scored on."""
+
+
+def check_same_recipe(source: Path, other: Path) -> None:
+    """Refuse ``other`` as a source of ingredients unless it starts and is scored as ``source`` is.
+
+    Raises:
+        RunFolderError: ``other`` is not a run folder, or differs in a key outside :data:`TRAINING_ONLY`, or in
+            ``train.seed`` (it sets LoRA's initial weights and carves the validation split).
+    """
+    from omegaconf import OmegaConf
+
+    if not (other / CONFIG_FILE).is_file():
+        raise RunFolderError(f"--with {other} is not a run folder (no {CONFIG_FILE})")
+    configs = [OmegaConf.to_container(OmegaConf.structured(config_from_yaml_file(run / CONFIG_FILE)))
+               for run in (source, other)]
+    differ = {key: values for key, values in key_differences(configs).items()
+              if key == "train.seed" or not key.startswith(TRAINING_ONLY)}
+    if differ:
+        listed = "; ".join(f"{key}: {a} vs {b}" for key, (a, b) in differ.items())
+        raise RunFolderError(f"--with {other} is not the same recipe as {source} ({listed}); its checkpoints start "
+                             "elsewhere or were chosen on other rows, so their mean is not a model of this run. "
+                             "Runs that differ only in optim.* and train.* (but train.seed) can be averaged")
+
+
+def kept_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's complete checkpoint folders, oldest first."""
+    return [folder for folder in ckpt.list_checkpoints(Path(run_dir) / CHECKPOINTS_DIR) if ckpt.is_valid(folder)]
+
+
+def pick_checkpoints(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional[int] = None,
+                     others: Sequence[Path] = ()) -> list[Path]:
     """The checkpoint folders to average: those at ``steps``, or the newest ``last``, or every kept one.
 
     Raises:
-        RunFolderError: a named step has no complete checkpoint, or fewer than two are left.
+        RunFolderError: a named step has no complete checkpoint, or fewer than two are left (counting the kept
+            checkpoints of ``others``, the ``--with`` runs).
     """
-    kept = [folder for folder in ckpt.list_checkpoints(Path(run_dir) / CHECKPOINTS_DIR) if ckpt.is_valid(folder)]
+    kept = kept_checkpoints(run_dir)
     by_step = {_step_of(folder): folder for folder in kept}
     keep_more = ("train with a larger train.keep_last to keep more (each checkpoint holds only the trainable "
                  "weights and optimizer state, a few MB)")
@@ -55,7 +107,7 @@ def pick_checkpoints(run_dir: Path, steps: Optional[Sequence[int]] = None, last:
         chosen = [by_step[s] for s in sorted(set(steps))]
     else:
         chosen = kept[-last:] if last else kept
-    if len(chosen) < 2:
+    if len(chosen) + sum(len(kept_checkpoints(other)) for other in others) < 2:
         raise RunFolderError(f"averaging needs at least two checkpoints, and {run_dir} gives "
                              f"{len(chosen)} (it keeps steps {_steps_text(by_step)}); {keep_more}")
     return chosen
@@ -144,42 +196,50 @@ def logged_values(run_dir: Path, spec: str) -> dict[int, float]:
     return values
 
 
-def greedy_soup(scorer: Scorer, folders: list[Path], logged: dict[int, float],
-                known: Optional[tuple[int, dict]] = None) -> tuple[list[int], dict, list[dict]]:
-    """Greedy soup: the best-logged checkpoint first, then each next one kept only if the mean scores no worse.
-
-    ``known``: ``(step, score)`` of a checkpoint already scored (the run's best), not scored again.
-    Returns the steps kept, the mean's score, and one line per checkpoint tried (for the printed table).
-    """
+def best_logged_first(ingredients: list[Ingredient], spec: str) -> list[Ingredient]:
+    """``ingredients`` by their run's logged ``spec`` value, best first; those never evaluated (taken at an
+    interrupt) last."""
     from textlora.training.eval_sets import lower_is_better
 
-    sign = 1 if lower_is_better(scorer.spec) else -1
-    # Checkpoints without an evaluation (taken at an interrupt) are tried last.
-    order = sorted(folders, key=lambda f: (_step_of(f) not in logged, sign * logged.get(_step_of(f), 0.0)))
-    states = {folder: load_file(str(folder / "trainable.safetensors")) for folder in order}
+    sign = 1 if lower_is_better(spec) else -1
+    logged = {run: logged_values(run, spec) for run in {i.run for i in ingredients}}
+    return sorted(ingredients, key=lambda i: (i.step not in logged[i.run], sign * logged[i.run].get(i.step, 0.0)))
+
+
+def greedy_soup(scorer: Scorer, order: list[Ingredient], source: Path,
+                known: Optional[tuple[Ingredient, dict]] = None) -> tuple[list[Ingredient], dict, list[dict]]:
+    """Greedy soup over ``order`` (best-logged first): each next checkpoint kept only if the mean scores no worse.
+
+    ``known``: a checkpoint already scored (the run's best) and its score, not scored again.
+    Returns the ingredients kept, the mean's score, and one line per checkpoint tried (for the printed table).
+    """
+    states = {i: load_file(str(i.folder / "trainable.safetensors")) for i in order}
     kept, tried = [order[0]], []
-    first = _step_of(order[0])
-    current = known[1] if known and known[0] == first else scorer.score(states[order[0]], f"step {first}")
-    tried.append({"step": first, "value": current["value"], "kept": True})
-    for folder in order[1:]:
-        steps = "+".join(str(_step_of(f)) for f in kept + [folder])
-        candidate = scorer.score(mean_state([states[f] for f in kept + [folder]]), f"mean of steps {steps}")
+    current = known[1] if known and known[0] == order[0] else scorer.score(states[order[0]], order[0].label(source))
+    tried.append({"label": order[0].label(source), "value": current["value"], "kept": True})
+    for ingredient in order[1:]:
+        candidate = scorer.score(mean_state([states[i] for i in kept + [ingredient]]),
+                                 f"mean of {len(kept) + 1} (+ {ingredient.label(source)})")
         keep = scorer.better_or_equal(candidate["value"], current["value"])
-        tried.append({"step": _step_of(folder), "value": candidate["value"], "kept": keep})
+        tried.append({"label": ingredient.label(source), "value": candidate["value"], "kept": keep})
         if keep:
-            kept, current = kept + [folder], candidate
+            kept, current = kept + [ingredient], candidate
     # Leave the kept mean loaded, to be written.
-    ckpt.load_trainable(scorer.run.model, mean_state([states[f] for f in kept]), "the averaged weights")
-    return sorted(_step_of(f) for f in kept), current, tried
+    ckpt.load_trainable(scorer.run.model, mean_state([states[i] for i in kept]), "the averaged weights")
+    return kept, current, tried
 
 
 def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional[int] = None, greedy: bool = False,
             output: Optional[Path] = None, device: str = "auto", batch_size: int = 64,
-            base_model: Optional[str] = None, metric: Optional[str] = None, test: bool = True) -> Path:
+            base_model: Optional[str] = None, metric: Optional[str] = None, test: bool = True,
+            with_runs: Sequence[Path] = (), top: Optional[int] = None) -> Path:
     """Average checkpoints of ``run_dir`` into a new run folder; returns it.
 
     Args:
-        steps / last: which checkpoints (default every kept one); ``greedy`` then chooses among them.
+        steps / last: which checkpoints of ``run_dir`` (default every kept one); ``greedy`` then chooses among them.
+        with_runs: runs of the same recipe (:func:`check_same_recipe`) whose kept checkpoints join the candidates.
+        top: ``greedy`` tries only the ``top`` candidates with the best logged value (each try is a pass over
+            the validation split and eval sets).
         metric: what greedy chooses on and the table shows, a ``train.metric_for_best`` value (default the run's).
         test: score the config's test split on the model written (``--no-test``: leave it to ``textlora evaluate``).
         output: the folder to write (default ``RUN-avg`` beside the run); an earlier output of this command
@@ -191,38 +251,45 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
                              "printed")
     if steps and last:
         raise TextloraError("--steps and --last both choose checkpoints; give one of them")
-    folders = pick_checkpoints(run_dir, steps, last)
+    if top is not None and not greedy:
+        raise TextloraError("--top limits what --greedy tries; add --greedy, or choose checkpoints with --steps/--last")
+    others = [Path(other) for other in with_runs]
+    for other in others:
+        if other.resolve() == run_dir.resolve():
+            raise TextloraError(f"--with {other} is the run itself; its checkpoints are candidates already")
+        check_same_recipe(run_dir, other)
+    ingredients = [Ingredient(run_dir, _step_of(f), f) for f in pick_checkpoints(run_dir, steps, last, others)]
+    for other in others:
+        ingredients += [Ingredient(other, _step_of(f), f) for f in kept_checkpoints(other)]
     output = Path(output) if output else run_dir.with_name(f"{run_dir.name}-avg")
-    if output.resolve() == run_dir.resolve():
-        raise TextloraError(f"--output {output} is the run itself; the average goes to a folder of its own")
+    if output.resolve() in {run.resolve() for run in [run_dir, *others]}:
+        raise TextloraError(f"--output {output} is a source run; the average goes to a folder of its own")
     check_output_folder(output, SUMMARY_FILE, "--output")  # before the model loads: a refusal costs nothing
     spec = choice_metric(config_from_yaml_file(run_dir / CONFIG_FILE), metric)
     source_summary = read_json(run_dir / SUMMARY_FILE, required=False, damaged_ok=True)
     scorer = Scorer(run_dir, spec, device, batch_size, base_model)
-    logged = logged_values(run_dir, scorer.spec)
     # The run's own best model (its checkpoint is always kept), scored by the same code as the average.
     reference_step = source_summary.get("best_step")
-    best = next((f for f in ckpt.list_checkpoints(run_dir / CHECKPOINTS_DIR)
+    best = next((Ingredient(run_dir, reference_step, f) for f in ckpt.list_checkpoints(run_dir / CHECKPOINTS_DIR)
                  if _step_of(f) == reference_step and ckpt.is_valid(f)), None)
     reference = None if best is None else \
-        scorer.score(load_file(str(best / "trainable.safetensors")), f"the run's best, step {reference_step}")
+        scorer.score(load_file(str(best.folder / "trainable.safetensors")), f"the run's best, step {reference_step}")
     if greedy:
-        chosen, result, tried = greedy_soup(scorer, folders, logged,
-                                            (reference_step, reference) if reference else None)
+        order = best_logged_first(ingredients, scorer.spec)[:top]
+        chosen, result, tried = greedy_soup(scorer, order, run_dir, (best, reference) if reference else None)
     else:
-        chosen = [_step_of(f) for f in folders]
-        result = scorer.score(mean_state([load_file(str(f / "trainable.safetensors")) for f in folders]),
-                              f"mean of {len(folders)} checkpoints")
-        tried = []
+        chosen, tried = ingredients, []
+        result = scorer.score(mean_state([load_file(str(i.folder / "trainable.safetensors")) for i in chosen]),
+                              f"mean of {len(chosen)} checkpoints")
     with folder_written_whole(output, SUMMARY_FILE, "--output") as tmp:
         summary = _write_folder(tmp, run_dir, output, scorer, result, source_summary, chosen, greedy, reference, test)
-    print(_table(scorer, chosen, result, reference, reference_step, tried, summary.get("test_accuracy")))
+    print(_table(scorer, summary["averaged"], result, reference, reference_step, tried, summary.get("test_accuracy")))
     print(f"\nwrote {output}")
     return output
 
 
 def _write_folder(tmp: Path, run_dir: Path, output: Path, scorer: Scorer, result: dict, source_summary: dict,
-                  chosen: list[int], greedy: bool, reference: Optional[dict], test: bool) -> dict:
+                  chosen: list[Ingredient], greedy: bool, reference: Optional[dict], test: bool) -> dict:
     """Fill ``tmp`` (to become the run folder ``output``) with the loaded, averaged model; returns its summary."""
     from textlora.run.metrics import classification_metrics, write_metrics
     from textlora.run.records import save_predictions
@@ -233,10 +300,16 @@ def _write_folder(tmp: Path, run_dir: Path, output: Path, scorer: Scorer, result
             shutil.copy2(run_dir / name, tmp / name)
     shutil.copytree(run_dir / TOKENIZER_DIR, tmp / TOKENIZER_DIR)
     scorer.run.model.save_pretrained(tmp / ADAPTER_DIR)
-    data, names, step = scorer.data, scorer.names, max(chosen)
-    # The source as the user gave it, like run_dir: an absolute path would not survive a move to another machine.
-    averaged = {"from": str(run_dir), "steps": chosen, "method": "greedy" if greedy else "uniform",
-                "metric": scorer.spec}
+    data, names, step = scorer.data, scorer.names, max(i.step for i in chosen)
+    # The sources as the user gave them, like run_dir: an absolute path would not survive a move to another machine.
+    averaged = {"from": str(run_dir), "steps": sorted(i.step for i in chosen if i.run == run_dir),
+                "method": "greedy" if greedy else "uniform", "metric": scorer.spec}
+    others = {str(i.run): [] for i in chosen if i.run != run_dir}
+    for ingredient in chosen:
+        if ingredient.run != run_dir:
+            others[str(ingredient.run)].append(ingredient.step)
+    if others:
+        averaged["with"] = {run: sorted(steps) for run, steps in others.items()}
     write_metrics(tmp / EVAL_FILE, {**result["validation"], "split": "validation", "step": step, "averaged": averaged})
     save_predictions(tmp / PREDICTIONS_DIR / "validation.csv", data.validation.texts, data.validation.labels,
                      result["probs"]["validation"], names)
@@ -261,12 +334,12 @@ def _write_folder(tmp: Path, run_dir: Path, output: Path, scorer: Scorer, result
     return summary
 
 
-def _table(scorer: Scorer, chosen: list[int], result: dict, reference: Optional[dict], reference_step,
+def _table(scorer: Scorer, averaged: dict, result: dict, reference: Optional[dict], reference_step,
            tried: list[dict], test_accuracy: Optional[float]) -> str:
     """Validation and each eval set's accuracy of the run's best checkpoint and of the average."""
     set_names = list(result["sets"])
     rows = ([(f"run's best (step {reference_step})", reference)] if reference is not None else []) + \
-        [(f"average of {len(chosen)} (steps {_short(chosen)})", result)]
+        [(f"average of {averaged_count(averaged)} ({_short(averaged_checkpoints(averaged))})", result)]
     width = max(len(title) for title, _ in rows) + 2
     lines = [f"{'model':<{width}}{'validation':>12}" + "".join(f"{n:>12}" for n in set_names) +
              f"{scorer.spec:>22}"]
@@ -274,13 +347,12 @@ def _table(scorer: Scorer, chosen: list[int], result: dict, reference: Optional[
         lines.append(f"{title:<{width}}{score['validation']['accuracy']:>12.4f}" +
                      "".join(f"{score['sets'][n]['accuracy']:>12.4f}" for n in set_names) + f"{score['value']:>22.4f}")
     if tried:
-        lines.append("\ngreedy: " + "; ".join(f"step {t['step']} {'kept' if t['kept'] else 'left out'} "
+        lines.append("\ngreedy: " + "; ".join(f"{t['label']} {'kept' if t['kept'] else 'left out'} "
                                                f"({t['value']:.4f})" for t in tried))
     if test_accuracy is not None:
         lines.append(f"\ntest accuracy of the average: {test_accuracy:.4f} (scored once, not used to choose)")
     return "\n".join(lines)
 
 
-def _short(steps: list[int]) -> str:
-    text = ",".join(str(s) for s in steps)
-    return text if len(text) <= 18 else f"{steps[0]}..{steps[-1]}"
+def _short(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:21]}..."

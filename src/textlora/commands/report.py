@@ -16,6 +16,7 @@ from typing import Optional
 
 from textlora.commands import plots
 from textlora.run.files import atomic_write_text, folder_written_whole
+from textlora.run.layout import averaged_checkpoints
 from textlora.run.records import RunData, eval_set_names, load_run_data
 
 HARDEST = 10
@@ -94,8 +95,7 @@ def _which_model(summary: dict) -> str:
     averaged = summary.get("averaged")
     if not averaged:
         return f"step {summary.get('best_step')}"
-    steps = "+".join(str(step) for step in averaged["steps"])
-    return f"the {averaged['method']} average (`textlora average`) of steps {steps}"
+    return f"the {averaged['method']} average (`textlora average`) of {averaged_checkpoints(averaged)}"
 
 
 def _data_section(run: RunData, out: Path) -> str:

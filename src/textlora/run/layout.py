@@ -27,3 +27,16 @@ PREDICTIONS_DIR = "predictions"
 """validation.csv (and test.csv) of the best model."""
 EVAL_SETS_DIR = "eval_sets"
 REPORT_DIR = "report"
+
+
+def averaged_checkpoints(averaged: dict) -> str:
+    """What a model `textlora average` wrote is the mean of, from its ``summary.json["averaged"]`` record:
+    ``steps 480+1080`` of the run, then ``RUN steps 120+600`` for each run it was averaged with (``--with``)."""
+    parts = [f"steps {'+'.join(str(step) for step in averaged['steps'])}"] if averaged["steps"] else []
+    parts += [f"{run} steps {'+'.join(str(step) for step in steps)}" for run, steps in averaged.get("with", {}).items()]
+    return " and ".join(parts)
+
+
+def averaged_count(averaged: dict) -> int:
+    """How many checkpoints a model `textlora average` wrote is the mean of."""
+    return len(averaged["steps"]) + sum(len(steps) for steps in averaged.get("with", {}).values())
