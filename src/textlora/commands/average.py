@@ -339,20 +339,17 @@ def _table(scorer: Scorer, averaged: dict, result: dict, reference: Optional[dic
     """Validation and each eval set's accuracy of the run's best checkpoint and of the average."""
     set_names = list(result["sets"])
     rows = ([(f"run's best (step {reference_step})", reference)] if reference is not None else []) + \
-        [(f"average of {averaged_count(averaged)} ({_short(averaged_checkpoints(averaged))})", result)]
+        [(f"average of {averaged_count(averaged)}", result)]
     width = max(len(title) for title, _ in rows) + 2
     lines = [f"{'model':<{width}}{'validation':>12}" + "".join(f"{n:>12}" for n in set_names) +
              f"{scorer.spec:>22}"]
     for title, score in rows:
         lines.append(f"{title:<{width}}{score['validation']['accuracy']:>12.4f}" +
                      "".join(f"{score['sets'][n]['accuracy']:>12.4f}" for n in set_names) + f"{score['value']:>22.4f}")
+    lines.append(f"\naverage of {averaged_count(averaged)}: {averaged_checkpoints(averaged)}")
     if tried:
         lines.append("\ngreedy: " + "; ".join(f"{t['label']} {'kept' if t['kept'] else 'left out'} "
                                                f"({t['value']:.4f})" for t in tried))
     if test_accuracy is not None:
         lines.append(f"\ntest accuracy of the average: {test_accuracy:.4f} (scored once, not used to choose)")
     return "\n".join(lines)
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= 24 else f"{text[:21]}..."
