@@ -125,7 +125,7 @@ def test_a_folder_it_did_not_write_is_never_replaced(run, tmp_path, capsys):
     assert main(["average", str(run), "--last", "2", "--output", str(run)]) == 2
 
 
-def test_the_python_api_averages_too(run, tmp_path, monkeypatch):
+def test_the_python_api_averages_too(run, other_lr, tmp_path, monkeypatch):
     import textlora
 
     monkeypatch.chdir(run.parent)
@@ -135,6 +135,8 @@ def test_the_python_api_averages_too(run, tmp_path, monkeypatch):
     assert averaged["steps"] == _steps(run)[-2:]
     # The source as given, not this machine's absolute path: a published folder moves between machines.
     assert averaged["from"] == run.name
+    pooled = textlora.average(run.name, last=2, with_runs=[other_lr.name], output=tmp_path / "api-pooled")
+    assert json.loads((pooled / "summary.json").read_text())["averaged"]["with"] == {other_lr.name: _steps(other_lr)}
 
 
 def test_with_pools_the_checkpoints_of_a_run_of_the_same_recipe(run, other_lr, tmp_path, capsys):
