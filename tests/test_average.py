@@ -199,9 +199,12 @@ def test_with_refuses_a_run_that_starts_elsewhere_or_is_scored_on_other_rows(run
 
 
 @pytest.mark.parametrize("args, words", [(["--top", "3"], ["--top", "--greedy"]),
-                                         (["--with", "SELF"], ["is the run itself"])])
+                                         (["--with", "SELF"], ["is the run itself"]),
+                                         (["--with", "NO_CHECKPOINTS"], ["keeps no complete checkpoint"])])
 def test_with_and_top_misuse_is_refused(run, tmp_path, capsys, args, words):
-    args = [str(run) if a == "SELF" else a for a in args]
+    published = tmp_path / "published"
+    shutil.copytree(run, published, ignore=shutil.ignore_patterns("checkpoints"))
+    args = [{"SELF": str(run), "NO_CHECKPOINTS": str(published)}.get(a, a) for a in args]
     assert main(["average", str(run), *args, "--output", str(tmp_path / "never")]) == 2
     err = capsys.readouterr().err
     assert all(w in err for w in words), err

@@ -260,7 +260,11 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
         check_same_recipe(run_dir, other)
     ingredients = [Ingredient(run_dir, _step_of(f), f) for f in pick_checkpoints(run_dir, steps, last, others)]
     for other in others:
-        ingredients += [Ingredient(other, _step_of(f), f) for f in kept_checkpoints(other)]
+        kept = kept_checkpoints(other)
+        if not kept:
+            raise RunFolderError(f"--with {other} keeps no complete checkpoint, so it adds nothing to average (a "
+                                 "published run folder has none); pass the run folder training wrote")
+        ingredients += [Ingredient(other, _step_of(f), f) for f in kept]
     output = Path(output) if output else run_dir.with_name(f"{run_dir.name}-avg")
     if output.resolve() in {run.resolve() for run in [run_dir, *others]}:
         raise TextloraError(f"--output {output} is a source run; the average goes to a folder of its own")
