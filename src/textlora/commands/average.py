@@ -88,12 +88,12 @@ def kept_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def pick_checkpoints(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional[int] = None,
-                     others: Sequence[Path] = ()) -> list[Path]:
+                     pooled: int = 0) -> list[Path]:
     """The checkpoint folders to average: those at ``steps``, or the newest ``last``, or every kept one.
 
     Raises:
-        RunFolderError: a named step has no complete checkpoint, or fewer than two are left (counting the kept
-            checkpoints of ``others``, the ``--with`` runs).
+        RunFolderError: a named step has no complete checkpoint, or fewer than two are left (counting the
+            ``pooled`` checkpoints the ``--with`` runs add).
     """
     kept = kept_checkpoints(run_dir)
     by_step = {_step_of(folder): folder for folder in kept}
@@ -107,7 +107,7 @@ def pick_checkpoints(run_dir: Path, steps: Optional[Sequence[int]] = None, last:
         chosen = [by_step[s] for s in sorted(set(steps))]
     else:
         chosen = kept[-last:] if last else kept
-    if len(chosen) + sum(len(kept_checkpoints(other)) for other in others) < 2:
+    if len(chosen) + pooled < 2:
         raise RunFolderError(f"averaging needs at least two checkpoints, and {run_dir} gives "
                              f"{len(chosen)} (it keeps steps {_steps_text(by_step)}); {keep_more}")
     return chosen
@@ -258,13 +258,15 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
         if other.resolve() == run_dir.resolve():
             raise TextloraError(f"--with {other} is the run itself; its checkpoints are candidates already")
         check_same_recipe(run_dir, other)
-    ingredients = [Ingredient(run_dir, _step_of(f), f) for f in pick_checkpoints(run_dir, steps, last, others)]
+    pooled = []
     for other in others:
         kept = kept_checkpoints(other)
         if not kept:
             raise RunFolderError(f"--with {other} keeps no complete checkpoint, so it adds nothing to average (a "
                                  "published run folder has none); pass the run folder training wrote")
-        ingredients += [Ingredient(other, _step_of(f), f) for f in kept]
+        pooled += [Ingredient(other, _step_of(f), f) for f in kept]
+    ingredients = [Ingredient(run_dir, _step_of(f), f)
+                   for f in pick_checkpoints(run_dir, steps, last, len(pooled))] + pooled
     output = Path(output) if output else run_dir.with_name(f"{run_dir.name}-avg")
     if output.resolve() in {run.resolve() for run in [run_dir, *others]}:
         raise TextloraError(f"--output {output} is a source run; the average goes to a folder of its own")
@@ -274,8 +276,8 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
     scorer = Scorer(run_dir, spec, device, batch_size, base_model)
     # The run's own best model (its checkpoint is always kept), scored by the same code as the average.
     reference_step = source_summary.get("best_step")
-    best = next((Ingredient(run_dir, reference_step, f) for f in ckpt.list_checkpoints(run_dir / CHECKPOINTS_DIR)
-                 if _step_of(f) == reference_step and ckpt.is_valid(f)), None)
+    best = next((Ingredient(run_dir, reference_step, f) for f in kept_checkpoints(run_dir)
+                 if _step_of(f) == reference_step), None)
     reference = None if best is None else \
         scorer.score(load_file(str(best.folder / "trainable.safetensors")), f"the run's best, step {reference_step}")
     if greedy:
@@ -308,10 +310,10 @@ def _write_folder(tmp: Path, run_dir: Path, output: Path, scorer: Scorer, result
     # The sources as the user gave them, like run_dir: an absolute path would not survive a move to another machine.
     averaged = {"from": str(run_dir), "steps": sorted(i.step for i in chosen if i.run == run_dir),
                 "method": "greedy" if greedy else "uniform", "metric": scorer.spec}
-    others = {str(i.run): [] for i in chosen if i.run != run_dir}
+    others: dict[str, list[int]] = {}
     for ingredient in chosen:
         if ingredient.run != run_dir:
-            others[str(ingredient.run)].append(ingredient.step)
+            others.setdefault(str(ingredient.run), []).append(ingredient.step)
     if others:
         averaged["with"] = {run: sorted(steps) for run, steps in others.items()}
     write_metrics(tmp / EVAL_FILE, {**result["validation"], "split": "validation", "step": step, "averaged": averaged})
