@@ -175,6 +175,22 @@ def test_greedy_with_another_run_tries_the_best_logged_candidates_of_both(run, o
     assert "kept" in tried[0] and json.loads((out / "summary.json").read_text())["best_value"] >= first - 1e-4
 
 
+def test_with_at_steps_takes_only_those_checkpoints_of_the_other_run(run, other_lr, tmp_path, capsys):
+    out = tmp_path / "at-steps"
+    mine, theirs = _steps(run)[-2:], _steps(other_lr)[-1:]
+    assert main(["average", str(run), "--steps", ",".join(map(str, mine)), "--with",
+                 f"{other_lr}@{theirs[0]}", "--output", str(out), "--no-test"]) == 0
+    averaged = json.loads((out / "summary.json").read_text())["averaged"]
+    # Recorded under the run's own name, without the @STEPS, so report and run_table name it as usual.
+    assert averaged["steps"] == mine and averaged["with"] == {str(other_lr): theirs}
+    folders = [run / "checkpoints" / f"step-{s:07d}" for s in mine] + \
+        [other_lr / "checkpoints" / f"step-{s:07d}" for s in theirs]
+    expected = mean_state([load_file(str(f / "trainable.safetensors")) for f in folders])
+    loaded = dict(load_run(out, merge=False).model.named_parameters())
+    for name, value in expected.items():
+        torch.testing.assert_close(loaded[name].detach().float(), value)
+
+
 @pytest.mark.parametrize("override, key", [("model.lora_r=2", "model.lora_r"), ("train.seed=7", "train.seed"),
                                            ("data.validation_size=30", "data.validation_size")])
 def test_with_refuses_a_run_that_starts_elsewhere_or_is_scored_on_other_rows(run, tmp_path, capsys, override, key):
@@ -200,11 +216,15 @@ def test_with_refuses_a_run_that_starts_elsewhere_or_is_scored_on_other_rows(run
 
 @pytest.mark.parametrize("args, words", [(["--top", "3"], ["--top", "--greedy"]),
                                          (["--with", "SELF"], ["is the run itself"]),
-                                         (["--with", "NO_CHECKPOINTS"], ["keeps no complete checkpoint"])])
-def test_with_and_top_misuse_is_refused(run, tmp_path, capsys, args, words):
+                                         (["--with", "NO_CHECKPOINTS"], ["keeps no complete checkpoint"]),
+                                         (["--with", "OTHER@999"], ["no complete checkpoint at step 999"]),
+                                         (["--with", "OTHER@last"], ["after the @", "not 'last'"]),
+                                         (["--with", "OTHER@2", "--with", "OTHER@4"], ["names", "twice"])])
+def test_with_and_top_misuse_is_refused(run, other_lr, tmp_path, capsys, args, words):
     published = tmp_path / "published"
     shutil.copytree(run, published, ignore=shutil.ignore_patterns("checkpoints"))
-    args = [{"SELF": str(run), "NO_CHECKPOINTS": str(published)}.get(a, a) for a in args]
+    args = [{"SELF": str(run), "NO_CHECKPOINTS": str(published)}.get(a, a).replace("OTHER", str(other_lr))
+            for a in args]
     assert main(["average", str(run), *args, "--output", str(tmp_path / "never")]) == 2
     err = capsys.readouterr().err
     assert all(w in err for w in words), err

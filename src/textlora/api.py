@@ -89,7 +89,8 @@ def average(run_dir: PathLike, steps: Optional[Sequence[int]] = None, last: Opti
             with_runs: Sequence[PathLike] = (), top: Optional[int] = None) -> Path:
     """The mean of the run's kept checkpoints (``greedy``: the greedy soup on ``metric``, of the ``top`` best-logged
     candidates) as a new run folder (default ``RUN-avg``); returns that folder. ``with_runs``: runs of the same
-    recipe whose kept checkpoints join the candidates. See ``textlora average --help``."""
+    recipe whose kept checkpoints join the candidates (``RUN@1440,1448``: only those steps). See
+    ``textlora average --help``."""
     from textlora.commands.average import average as run_average
 
     return run_average(Path(run_dir), steps, last, greedy, Path(output) if output else None, metric=metric,

@@ -304,9 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true",
                    help="greedy soup: add checkpoints best-first, keeping each only if the mean scores no worse on "
                         "train.metric_for_best (validation and eval sets)")
-    p.add_argument("--with", dest="with_runs", action="append", default=[], metavar="RUN",
+    p.add_argument("--with", dest="with_runs", action="append", default=[], metavar="RUN[@STEPS]",
                    help="another run of the same recipe (it may differ in optim.* and train.*, not train.seed): its "
-                        "kept checkpoints join the candidates (repeat for more runs)")
+                        "kept checkpoints join the candidates, or only STEPS of them (RUN@1440,1448); repeat for "
+                        "more runs")
     p.add_argument("--top", type=_int_at_least(2, " (a soup needs two candidates)"),
                    help="--greedy tries only the N candidates with the best logged metric (each try is a pass over "
                         "the validation split and eval sets)")

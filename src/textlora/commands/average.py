@@ -10,10 +10,10 @@ too, and it can keep more of what early and late checkpoints each do well than a
 * greedy (``--greedy``): the "greedy soup": checkpoints in order of their logged ``train.metric_for_best``
   (or ``--metric``), each kept in the mean only if the mean then scores at least as well on the run's
   validation split and eval sets, never on the test split.
-* other runs (``--with RUN2``): the kept checkpoints of runs of the same recipe that trained otherwise
-  (learning rate, epochs, schedule: the soups of the paper) join the candidates. They must start where the
-  run starts and be scored on what it is scored on: the same model, LoRA layout, head, seed and data
-  (so the same carved validation split, which none of them trained on).
+* other runs (``--with RUN2``, or ``--with RUN2@1440,1448`` for some of its checkpoints): the kept checkpoints
+  of runs of the same recipe that trained otherwise (learning rate, epochs, schedule: the soups of the paper)
+  join the candidates. They must start where the run starts and be scored on what it is scored on: the same
+  model, LoRA layout, head, seed and data (so the same carved validation split, which none of them trained on).
 
 The source run is never changed: the average is written as a new run folder (default ``RUN-avg`` beside
 it) that evaluate, predict, report, export and serve read like any other. The run's test split, when its
@@ -23,6 +23,7 @@ config has one, is scored once, on the model written, as training does.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,18 @@ def check_same_recipe(source: Path, other: Path) -> None:
         raise RunFolderError(f"--with {other} is not the same recipe as {source} ({listed}); its checkpoints start "
                              "elsewhere or were chosen on other rows, so their mean is not a model of this run. "
                              "Runs that differ only in optim.* and train.* (but train.seed) can be averaged")
+
+
+def split_with(spec) -> tuple[Path, Optional[list[int]]]:
+    """``runs/b@1440,1448`` -> ``(runs/b, [1440, 1448])``; ``runs/b`` (or a folder whose name has an @) -> all kept."""
+    text = str(spec)
+    run, sep, steps = text.rpartition("@")
+    if not sep or Path(text).is_dir():
+        return Path(text), None
+    if not re.fullmatch(r"\d+(,\d+)*", steps):
+        raise TextloraError(f"--with {text}: after the @ come the run's steps, comma-separated (e.g. "
+                            f"{run}@1440,1448), not {steps!r}")
+    return Path(run), sorted({int(step) for step in steps.split(",")})
 
 
 def kept_checkpoints(run_dir: Path) -> list[Path]:
@@ -237,7 +250,8 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
 
     Args:
         steps / last: which checkpoints of ``run_dir`` (default every kept one); ``greedy`` then chooses among them.
-        with_runs: runs of the same recipe (:func:`check_same_recipe`) whose kept checkpoints join the candidates.
+        with_runs: runs of the same recipe (:func:`check_same_recipe`) whose kept checkpoints join the candidates;
+            ``RUN@1440,1448`` takes only those steps of it.
         top: ``greedy`` tries only the ``top`` candidates with the best logged value (each try is a pass over
             the validation split and eval sets).
         metric: what greedy chooses on and the table shows, a ``train.metric_for_best`` value (default the run's).
@@ -253,18 +267,23 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
         raise TextloraError("--steps and --last both choose checkpoints; give one of them")
     if top is not None and not greedy:
         raise TextloraError("--top limits what --greedy tries; add --greedy, or choose checkpoints with --steps/--last")
-    others = [Path(other) for other in with_runs]
+    others: dict[Path, Optional[list[int]]] = {}
+    for spec in with_runs:
+        other, other_steps = split_with(spec)
+        if other in others:
+            raise TextloraError(f"--with names {other} twice; give its steps once ({other}@300,600)")
+        others[other] = other_steps
     for other in others:
         if other.resolve() == run_dir.resolve():
             raise TextloraError(f"--with {other} is the run itself; its checkpoints are candidates already")
         check_same_recipe(run_dir, other)
     pooled = []
-    for other in others:
-        kept = kept_checkpoints(other)
-        if not kept:
+    for other, other_steps in others.items():
+        if not kept_checkpoints(other):
             raise RunFolderError(f"--with {other} keeps no complete checkpoint, so it adds nothing to average (a "
                                  "published run folder has none); pass the run folder training wrote")
-        pooled += [Ingredient(other, _step_of(f), f) for f in kept]
+        # Another run's checkpoints count toward the two an average needs, so its own count is not checked.
+        pooled += [Ingredient(other, _step_of(f), f) for f in pick_checkpoints(other, other_steps, pooled=2)]
     ingredients = [Ingredient(run_dir, _step_of(f), f)
                    for f in pick_checkpoints(run_dir, steps, last, len(pooled))] + pooled
     output = Path(output) if output else run_dir.with_name(f"{run_dir.name}-avg")
