@@ -92,7 +92,7 @@ def split_with(spec) -> tuple[Path, Optional[list[int]]]:
     if not re.fullmatch(r"\d+(,\d+)*", steps):
         raise TextloraError(f"--with {text}: after the @ come the run's steps, comma-separated (e.g. "
                             f"{run}@1440,1448), not {steps!r}")
-    return Path(run), sorted({int(step) for step in steps.split(",")})
+    return Path(run), [int(step) for step in steps.split(",")]
 
 
 def kept_checkpoints(run_dir: Path) -> list[Path]:
@@ -100,30 +100,25 @@ def kept_checkpoints(run_dir: Path) -> list[Path]:
     return [folder for folder in ckpt.list_checkpoints(Path(run_dir) / CHECKPOINTS_DIR) if ckpt.is_valid(folder)]
 
 
-def pick_checkpoints(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional[int] = None,
-                     pooled: int = 0) -> list[Path]:
+KEEP_MORE = ("train with a larger train.keep_last to keep more (each checkpoint holds only the trainable weights and "
+             "optimizer state, a few MB)")
+
+
+def pick_checkpoints(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional[int] = None) -> list[Path]:
     """The checkpoint folders to average: those at ``steps``, or the newest ``last``, or every kept one.
 
     Raises:
-        RunFolderError: a named step has no complete checkpoint, or fewer than two are left (counting the
-            ``pooled`` checkpoints the ``--with`` runs add).
+        RunFolderError: a named step has no complete checkpoint.
     """
     kept = kept_checkpoints(run_dir)
+    if not steps:
+        return kept[-last:] if last else kept
     by_step = {_step_of(folder): folder for folder in kept}
-    keep_more = ("train with a larger train.keep_last to keep more (each checkpoint holds only the trainable "
-                 "weights and optimizer state, a few MB)")
-    if steps:
-        missing = [s for s in steps if s not in by_step]
-        if missing:
-            raise RunFolderError(f"{run_dir} has no complete checkpoint at step {missing[0]}; it keeps steps "
-                                 f"{_steps_text(by_step)}; {keep_more}")
-        chosen = [by_step[s] for s in sorted(set(steps))]
-    else:
-        chosen = kept[-last:] if last else kept
-    if len(chosen) + pooled < 2:
-        raise RunFolderError(f"averaging needs at least two checkpoints, and {run_dir} gives "
-                             f"{len(chosen)} (it keeps steps {_steps_text(by_step)}); {keep_more}")
-    return chosen
+    missing = [s for s in steps if s not in by_step]
+    if missing:
+        raise RunFolderError(f"{run_dir} has no complete checkpoint at step {missing[0]}; it keeps steps "
+                             f"{_steps_text(by_step)}; {KEEP_MORE}")
+    return [by_step[s] for s in sorted(set(steps))]
 
 
 def _step_of(folder: Path) -> int:
@@ -270,7 +265,7 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
     others: dict[Path, Optional[list[int]]] = {}
     for spec in with_runs:
         other, other_steps = split_with(spec)
-        if other in others:
+        if other.resolve() in {named.resolve() for named in others}:
             raise TextloraError(f"--with names {other} twice; give its steps once ({other}@300,600)")
         others[other] = other_steps
     for other in others:
@@ -282,10 +277,13 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
         if not kept_checkpoints(other):
             raise RunFolderError(f"--with {other} keeps no complete checkpoint, so it adds nothing to average (a "
                                  "published run folder has none); pass the run folder training wrote")
-        # Another run's checkpoints count toward the two an average needs, so its own count is not checked.
-        pooled += [Ingredient(other, _step_of(f), f) for f in pick_checkpoints(other, other_steps, pooled=2)]
-    ingredients = [Ingredient(run_dir, _step_of(f), f)
-                   for f in pick_checkpoints(run_dir, steps, last, len(pooled))] + pooled
+        pooled += [Ingredient(other, _step_of(f), f) for f in pick_checkpoints(other, other_steps)]
+    own = pick_checkpoints(run_dir, steps, last)
+    ingredients = [Ingredient(run_dir, _step_of(f), f) for f in own] + pooled
+    if len(ingredients) < 2:
+        kept = {_step_of(f): f for f in kept_checkpoints(run_dir)}
+        raise RunFolderError(f"averaging needs at least two checkpoints, and {run_dir} gives {len(own)} (it keeps "
+                             f"steps {_steps_text(kept)}); {KEEP_MORE}")
     output = Path(output) if output else run_dir.with_name(f"{run_dir.name}-avg")
     if output.resolve() in {run.resolve() for run in [run_dir, *others]}:
         raise TextloraError(f"--output {output} is a source run; the average goes to a folder of its own")
