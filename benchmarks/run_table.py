@@ -57,7 +57,8 @@ def _figures(name: str, config: dict, summary: dict, train_rows, epochs) -> dict
         metric = averaged.get("metric", summary.get("best_metric"))  # averages before --metric: the run's own
         chosen = f" (chosen on {metric})" if averaged["method"] == "greedy" else ""
         flat["checkpoints"] = f"{averaged['method']} average of {averaged_checkpoints(averaged)}{chosen}"
-        best_step = f"mean of {averaged_count(averaged)}"
+        if averaged_count(averaged) > 1:  # one named checkpoint (--steps 600) keeps its step
+            best_step = f"mean of {averaged_count(averaged)}"
     return {"run": name, "config": flat, "validation": summary.get("validation_accuracy"),
             "sets": sets, "test": summary.get("test_accuracy"), "trainable": summary.get("trainable_params"),
             "train_rows": train_rows, "epochs": epochs,

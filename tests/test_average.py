@@ -108,10 +108,29 @@ def test_bad_choices_are_refused_before_anything_is_written(run, tmp_path, capsy
     assert not out.exists()
 
 
-def test_one_checkpoint_is_not_an_average(tiny_run, tmp_path, capsys):
-    # tiny_run keeps train.keep_last=2 plus the best; leave one and averaging has nothing to average.
-    assert main(["average", str(tiny_run), "--steps", str(_steps(tiny_run)[-1]), "--output", str(tmp_path / "x")]) == 2
-    assert "at least two checkpoints" in capsys.readouterr().err
+def test_one_named_checkpoint_is_written_as_it_is(run, tmp_path, capsys):
+    # A checkpoint the run did not choose (say, the best on another metric) becomes a run folder of its own.
+    step = _steps(run)[1]
+    out = tmp_path / "one"
+    assert main(["average", str(run), "--steps", str(step), "--output", str(out)]) == 0
+    assert f"one checkpoint: steps {step}" in capsys.readouterr().out
+    saved = load_file(str(run / "checkpoints" / f"step-{step:07d}" / "trainable.safetensors"))
+    loaded = dict(load_run(out, merge=False).model.named_parameters())
+    for name, value in saved.items():
+        torch.testing.assert_close(loaded[name].detach().float(), value)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["averaged"]["steps"] == [step] and summary["best_step"] == step
+
+
+def test_a_run_left_with_one_checkpoint_is_not_averaged_by_default(run, tmp_path, capsys):
+    one = tmp_path / "one-kept"
+    shutil.copytree(run, one)
+    for folder in sorted((one / "checkpoints").iterdir())[:-1]:
+        shutil.rmtree(folder)
+    assert main(["average", str(one), "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "at least two checkpoints" in err and "--steps" in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_folder_it_did_not_write_is_never_replaced(run, tmp_path, capsys):

@@ -280,10 +280,13 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
         pooled += [Ingredient(other, _step_of(f), f) for f in pick_checkpoints(other, other_steps)]
     own = pick_checkpoints(run_dir, steps, last)
     ingredients = [Ingredient(run_dir, _step_of(f), f) for f in own] + pooled
-    if len(ingredients) < 2:
+    # One checkpoint the user named (--steps 600, --last 1) is written as it is: the way to make a run folder of
+    # a checkpoint the run did not choose. One left by default is more likely a run that kept too few.
+    if not ingredients or (len(ingredients) < 2 and not (steps or last)):
         kept = {_step_of(f): f for f in kept_checkpoints(run_dir)}
         raise RunFolderError(f"averaging needs at least two checkpoints, and {run_dir} gives {len(own)} (it keeps "
-                             f"steps {_steps_text(kept)}); {KEEP_MORE}")
+                             f"steps {_steps_text(kept)}); {KEEP_MORE}; to write one checkpoint as a run folder, "
+                             "name it with --steps")
     output = Path(output) if output else run_dir.with_name(f"{run_dir.name}-avg")
     if output.resolve() in {run.resolve() for run in [run_dir, *others]}:
         raise TextloraError(f"--output {output} is a source run; the average goes to a folder of its own")
@@ -357,19 +360,24 @@ def _write_folder(tmp: Path, run_dir: Path, output: Path, scorer: Scorer, result
     return summary
 
 
+def _title(averaged: dict) -> str:
+    count = averaged_count(averaged)
+    return f"average of {count}" if count > 1 else "one checkpoint"
+
+
 def _table(scorer: Scorer, averaged: dict, result: dict, reference: Optional[dict], reference_step,
            tried: list[dict], test_accuracy: Optional[float]) -> str:
     """Validation and each eval set's accuracy of the run's best checkpoint and of the average."""
     set_names = list(result["sets"])
     rows = ([(f"run's best (step {reference_step})", reference)] if reference is not None else []) + \
-        [(f"average of {averaged_count(averaged)}", result)]
+        [(_title(averaged), result)]
     width = max(len(title) for title, _ in rows) + 2
     lines = [f"{'model':<{width}}{'validation':>12}" + "".join(f"{n:>12}" for n in set_names) +
              f"{scorer.spec:>22}"]
     for title, score in rows:
         lines.append(f"{title:<{width}}{score['validation']['accuracy']:>12.4f}" +
                      "".join(f"{score['sets'][n]['accuracy']:>12.4f}" for n in set_names) + f"{score['value']:>22.4f}")
-    lines.append(f"\naverage of {averaged_count(averaged)}: {averaged_checkpoints(averaged)}")
+    lines.append(f"\n{_title(averaged)}: {averaged_checkpoints(averaged)}")
     if tried:
         lines.append("\ngreedy: " + "; ".join(f"{t['label']} {'kept' if t['kept'] else 'left out'} "
                                                f"({t['value']:.4f})" for t in tried))
