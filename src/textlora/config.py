@@ -217,7 +217,8 @@ class OptimConfig:
     warmup_steps: int = 0
     """Warm-up in optimizer steps."""
     max_grad_norm: Optional[float] = None
-    """Clip the gradient norm to this value; null disables clipping."""
+    """Clip the gradient norm to this value; null disables clipping. HF Trainer clips at 1.0 unless told otherwise,
+    so the seeds' configs (S1 and S2) state 1.0."""
 
     def __post_init__(self):
         _one_of(self.name, "optim.name", ("adamw", "rmsprop", "sgd"))
