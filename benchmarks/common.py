@@ -11,7 +11,6 @@ import csv
 import json
 import math
 import os
-import platform
 import re
 import shlex
 import subprocess
@@ -353,16 +352,9 @@ def machine() -> str:
     import torch
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    from textlora.model.precision import cpu_has_amx
+    from textlora.model.precision import cpu_name
 
-    # AMX decides whether bf16 pays on a CPU (and so what auto precision picks): name it.
-    cpu += " with AMX" if cpu_has_amx() else " without AMX"
+    cpu = cpu_name()
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     import peft
 
@@ -393,11 +385,13 @@ def command_line() -> str:
     return shlex.join(["python", str(shown), *sys.argv[1:]])
 
 
-def section_head(title: str, level: int = 2) -> list[str]:
+def section_head(title: str, level: int = 2, from_files: Optional[str] = None) -> list[str]:
     """The first lines of every section: its title (a heading of ``level``), the command that made it, and when
-    and where."""
-    return [f"{'#' * level} {title}", "", f"Command: `{command_line()}`", "",
-            f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {machine()}.", ""]
+    and where it was measured; or, for a table read from ``from_files``, when it was built and where the
+    measurements are (the machine that reads them measured nothing)."""
+    when = time.strftime('%Y-%m-%d %H:%M')
+    where = f"Built {when} from {from_files}." if from_files else f"Measured {when} on {machine()}."
+    return [f"{'#' * level} {title}", "", f"Command: `{command_line()}`", "", where, ""]
 
 
 BENCHMARKS_HEADER = ("# Benchmarks\n\nCurrent results only: each section is the latest run of the command it names "

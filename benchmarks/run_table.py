@@ -9,7 +9,8 @@
 Everything comes from each run's own files (summary.json, config.yaml, data_report.json), so the table
 can be rebuilt from the run folders at any time. The first run is the baseline: "changes" lists each
 other run's config keys that differ from it, and the deltas are against it. ``--cost`` adds the
-training rows, epochs, wall time, samples/s and CPU-hours (training seconds x the threads it ran on).
+training rows, epochs, precision and machine, wall time, samples/s and CPU-hours (training seconds x the
+threads it ran on).
 The raw table is kept in benchmarks/results/<key>-<date>.md and the page's section ``key`` is replaced.
 """
 
@@ -65,7 +66,8 @@ def _figures(name: str, config: dict, summary: dict, train_rows, epochs) -> dict
             "best_step": best_step, "steps": summary.get("steps"),
             "train_seconds": summary.get("train_seconds"), "wall_seconds": summary.get("wall_seconds"),
             "samples_per_s": summary.get("train_samples_per_s"), "threads": summary.get("cpu_threads"),
-            "device": summary.get("device"), "base_dtype": summary.get("base_dtype")}
+            "device": summary.get("device"), "base_dtype": summary.get("base_dtype"),
+            "precision": summary.get("precision"), "machine": summary.get("machine")}
 
 
 def read_record(path: Path) -> dict:
@@ -93,13 +95,17 @@ def _delta(value, base):
     return None if value is None or base is None else f"{value - base:+.4f}"
 
 
+SOURCES = "the runs' own files (summary.json, config.yaml), each figure measured where its run trained"
+"""Where a table's figures come from: this script measures nothing, so the machine running it is not named."""
+
+
 def table(runs: list[dict], cost: bool, changes: bool = True) -> str:
     base = runs[0]
     set_names = sorted({name for run in runs for name in run["sets"]})
     header = ["run", *(["changes from the first"] if changes else []), "validation", *set_names, "test"]
     header += [f"Δ {name}" for name in set_names] + ["Δ test", "trainable"]
     if cost:
-        header += ["train rows", "epochs", "best step", "wall time", "samples/s", "CPU-hours"]
+        header += ["train rows", "epochs", "best step", "compute", "wall time", "samples/s", "CPU-hours"]
     rows = []
     for run in runs:
         row = [run["run"], *([_changes(run["config"], base["config"]) if run is not base else "baseline"]
@@ -110,7 +116,9 @@ def table(runs: list[dict], cost: bool, changes: bool = True) -> str:
             hours = (round(run["train_seconds"] * run["threads"] / 3600, 1)
                      if run["train_seconds"] is not None and run["threads"] else None)
             wall = f"{run['wall_seconds'] / 60:.0f} min" if run["wall_seconds"] else None
-            row += [run["train_rows"], run["epochs"], f"{run['best_step']} of {run['steps']}", wall,
+            # Precision and machine: wall time and samples/s compare only where both are the same.
+            compute = " on ".join(part for part in (run["precision"], run["machine"]) if part) or None
+            row += [run["train_rows"], run["epochs"], f"{run['best_step']} of {run['steps']}", compute, wall,
                     run["samples_per_s"], hours]
         rows.append(row)
     return bc.markdown_table(header, rows)
@@ -123,7 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--key", required=True, help="section key (and raw file name), e.g. robustness-minilm")
     p.add_argument("--title", required=True, help="the section's heading")
     p.add_argument("--page", default="none", help="markdown page whose section KEY is replaced (default: print only)")
-    p.add_argument("--cost", action="store_true", help="add rows, epochs, wall time, samples/s and CPU-hours")
+    p.add_argument("--cost", action="store_true", help="add rows, epochs, precision and machine, wall time, samples/s and CPU-hours")
     p.add_argument("--no-changes", action="store_true",
                    help="leave out the column of config keys each run changed (runs of unrelated configs)")
     p.add_argument("--level", type=int, default=2, help="the section's heading level (3 inside a page's ## section)")
@@ -134,7 +142,8 @@ def main(argv=None) -> int:
     if missing:
         p.error(f"not finished run folders (no summary.json) or missing results records: {', '.join(missing)}")
     runs = [read_run(run) for run in args.runs]
-    body = "\n".join([*bc.section_head(args.title, args.level), table(runs, args.cost, not args.no_changes), "", *args.note])
+    head = bc.section_head(args.title, args.level, from_files=SOURCES)
+    body = "\n".join([*head, table(runs, args.cost, not args.no_changes), "", *args.note])
     bc.publish_section(args.page, args.key, body)
     return 0
 

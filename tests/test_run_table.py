@@ -21,6 +21,9 @@ def test_run_table_reads_run_folders_and_names_what_each_changed(tiny_run, tmp_p
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| run | changes from the first | validation |") and "CPU-hours" in rows[0]
     assert rows[2].startswith("| tiny | baseline |")
+    # What trained it is recorded with the run, so costs taken on different machines are told apart.
+    from textlora.model.precision import cpu_name
+    assert "compute" in rows[0] and f"{summary['precision']} on {cpu_name()} |" in rows[2]
     assert rows[3].startswith("| lr-run | optim.lr=0.001 |") and rows[3].endswith("| 1 |")  # 1800 s on 2 threads
     with pytest.raises(SystemExit):
         run_table.main([str(tmp_path), "--key", "t", "--title", "T"])
@@ -38,7 +41,7 @@ def test_run_table_reads_a_committed_results_record_beside_a_run_folder(tiny_run
                                   "train_seconds": 150.0, "wall_seconds": 168.0}))
     assert run_table.main([str(record), str(tiny_run), "--key", "t", "--title", "T", "--cost", "--no-changes"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert rows[2].startswith("| quickstart | 0.89 | 0.915 | 0.9 |") and "| 9,000 | 1 | 250 of 282 | 3 min |" in rows[2]
+    assert rows[2].startswith("| quickstart | 0.89 | 0.915 | 0.9 |") and "| 9,000 | 1 | 250 of 282 | n/a | 3 min |" in rows[2]
     assert rows[3].startswith("| tiny |")
 
 

@@ -42,6 +42,19 @@ def cpu_has_amx() -> bool:
         return False
 
 
+def cpu_name() -> str:
+    """The CPU's model name, and whether it has AMX (which decides whether bf16 pays, and so what auto picks)."""
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name} {'with' if cpu_has_amx() else 'without'} AMX"
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True on CPUs that multiply bf16 in hardware (``avx512_bf16`` or AMX): a bf16-stored base pays there."""

@@ -197,6 +197,13 @@ def _broadcast(accelerator: Accelerator, text: str) -> str:
     return box[0]
 
 
+def _machine(device) -> str:
+    """What trained: the GPU's name on CUDA, else the CPU's (cost figures are only comparable on the same one)."""
+    from textlora.model.precision import cpu_name
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
 def finish(parts: Components, loop: TrainLoop) -> Path:
     """Best weights back in, eval.json (+ test_eval.json, eval_sets/), summary.json, and the printed summary."""
     state, accelerator, run_dir, data, tokenizer = loop.state, parts.accelerator, parts.run_dir, parts.data, parts.tokenizer
@@ -211,7 +218,7 @@ def finish(parts: Components, loop: TrainLoop) -> Path:
                "base_dtype": parts.base_dtype,
                "memory_allocator": parts.speed.allocator or "system",
                "trainable_params": parts.trainable, "train_seconds": round(state.train_seconds, 2),
-               "cpu_threads": torch.get_num_threads(),
+               "cpu_threads": torch.get_num_threads(), "machine": _machine(accelerator.device),
                "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
                "train_tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1)}
     if parts.speed.caches and parts.speed.caches[0] is not None:
