@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from textlora.model.precision import cpu_name
+
 
 def test_run_table_reads_run_folders_and_names_what_each_changed(tiny_run, tmp_path, capsys):
     import shutil
@@ -22,7 +24,6 @@ def test_run_table_reads_run_folders_and_names_what_each_changed(tiny_run, tmp_p
     assert rows[0].startswith("| run | changes from the first | validation |") and "CPU-hours" in rows[0]
     assert rows[2].startswith("| tiny | baseline |")
     # What trained it is recorded with the run, so costs taken on different machines are told apart.
-    from textlora.model.precision import cpu_name
     assert "compute" in rows[0] and f"{summary['precision']} on {cpu_name()} |" in rows[2]
     assert rows[3].startswith("| lr-run | optim.lr=0.001 |") and rows[3].endswith("| 1 |")  # 1800 s on 2 threads
     with pytest.raises(SystemExit):

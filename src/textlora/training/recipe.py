@@ -27,7 +27,7 @@ from textlora.errors import RunFolderError
 from textlora.model.budget import enforce_budget, trainable_breakdown
 from textlora.model.build import build_model, load_tokenizer
 from textlora.model.forward import pick_device, predict_proba
-from textlora.model.precision import precision_name, resolve_base_dtype, resolve_precision
+from textlora.model.precision import cpu_name, precision_name, resolve_base_dtype, resolve_precision
 from textlora.model.speedups import Applied, apply_speedups, compile_backend
 from textlora.run.folder import MetricsLog, new_run_dir, with_absolute_paths, write_config, write_json
 from textlora.run.layout import (BUDGET_FILE, CONFIG_FILE, DATA_REPORT_FILE, EVAL_FILE, LABELS_FILE, METRICS_FILE,
@@ -199,8 +199,6 @@ def _broadcast(accelerator: Accelerator, text: str) -> str:
 
 def _machine(device) -> str:
     """What trained: the GPU's name on CUDA, else the CPU's (cost figures are only comparable on the same one)."""
-    from textlora.model.precision import cpu_name
-
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
