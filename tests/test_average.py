@@ -113,7 +113,7 @@ def test_one_named_checkpoint_is_written_as_it_is(run, tmp_path, capsys):
     step = _steps(run)[1]
     out = tmp_path / "one"
     assert main(["average", str(run), "--steps", str(step), "--output", str(out)]) == 0
-    assert f"one checkpoint: steps {step}" in capsys.readouterr().out
+    assert f"one checkpoint: step {step}" in capsys.readouterr().out
     saved = load_file(str(run / "checkpoints" / f"step-{step:07d}" / "trainable.safetensors"))
     loaded = dict(load_run(out, merge=False).model.named_parameters())
     for name, value in saved.items():

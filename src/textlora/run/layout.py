@@ -32,9 +32,13 @@ REPORT_DIR = "report"
 def averaged_checkpoints(averaged: dict) -> str:
     """What a model `textlora average` wrote is the mean of, from its ``summary.json["averaged"]`` record:
     ``steps 480+1080`` of the run, then ``RUN steps 120+600`` for each run it was averaged with (``--with``)."""
-    parts = [f"steps {'+'.join(str(step) for step in averaged['steps'])}"] if averaged["steps"] else []
-    parts += [f"{run} steps {'+'.join(str(step) for step in steps)}" for run, steps in averaged.get("with", {}).items()]
+    parts = [_steps_of(averaged["steps"])] if averaged["steps"] else []
+    parts += [f"{run} {_steps_of(steps)}" for run, steps in averaged.get("with", {}).items()]
     return " and ".join(parts)
+
+
+def _steps_of(steps: list[int]) -> str:
+    return f"step{'s' if len(steps) > 1 else ''} {'+'.join(str(step) for step in steps)}"
 
 
 def averaged_count(averaged: dict) -> int:
