@@ -130,7 +130,9 @@ SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def test_configs_folder_is_not_empty():
-    assert 1 <= len(SHIPPED) <= 8, [p.name for p in SHIPPED]
+    # Each shipped config reproduces a published figure; the upper bound keeps one-off variants out of configs/
+    # (they are overrides on the command line, recorded in their run's config.yaml).
+    assert 1 <= len(SHIPPED) <= 9, [p.name for p in SHIPPED]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
