@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import platform
 from pathlib import Path
 
 import torch
@@ -44,8 +45,6 @@ def cpu_has_amx() -> bool:
 
 def cpu_name() -> str:
     """The CPU's model name, and whether it has AMX (which decides whether bf16 pays, and so what auto picks)."""
-    import platform
-
     name = platform.processor() or platform.machine()
     try:
         name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
