@@ -86,12 +86,14 @@ def report(run_dir: PathLike) -> Path:
 
 def average(run_dir: PathLike, steps: Optional[Sequence[int]] = None, last: Optional[int] = None,
             greedy: bool = False, metric: Optional[str] = None, output: Optional[PathLike] = None,
-            with_runs: Sequence[PathLike] = (), top: Optional[int] = None) -> Path:
+            with_runs: Sequence[PathLike] = (), top: Optional[int] = None,
+            toward_start: Sequence[float] = ()) -> Path:
     """The mean of the run's kept checkpoints (``greedy``: the greedy soup on ``metric``, of the ``top`` best-logged
     candidates) as a new run folder (default ``RUN-avg``); returns that folder. ``with_runs``: runs of the same
-    recipe whose kept checkpoints join the candidates (``RUN@1440,1448``: only those steps). See
+    recipe whose kept checkpoints join the candidates (``RUN@1440,1448``: only those steps). ``toward_start``:
+    fractions of the way from the start of training to the average, the best on ``metric`` written (WiSE-FT). See
     ``textlora average --help``."""
     from textlora.commands.average import average as run_average
 
     return run_average(Path(run_dir), steps, last, greedy, Path(output) if output else None, metric=metric,
-                       with_runs=[Path(run) for run in with_runs], top=top)
+                       with_runs=[Path(run) for run in with_runs], top=top, toward_start=toward_start)

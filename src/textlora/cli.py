@@ -60,6 +60,18 @@ _rank_list = _int_list("ranks", "rank", 1, "4,8")
 _step_list = _int_list("steps", "step", 0, "300,600")
 
 
+def _fraction_list(text: str) -> list[float]:
+    """--toward-start: comma-separated fractions from 0 to 1, e.g. ``0.3,0.5,0.7``."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of fractions, e.g. 0.3,0.5,0.7") \
+            from None
+    if any(not 0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every fraction must lie from 0 (the start) to 1 (the average)")
+    return values
+
+
 def _data_source(args, run_dir: Path, path: Optional[str] = None):
     """The ``--data`` rows (or ``path``'s), read with the run's training options unless flags override them."""
     from textlora.run.load import data_source_like_training
@@ -162,7 +174,7 @@ def cmd_average(args) -> None:
 
     average(Path(args.run), args.steps, args.last, args.greedy, Path(args.output) if args.output else None,
             args.device, args.batch_size, args.base_model, args.metric, not args.no_test,
-            [Path(run) for run in args.with_runs], args.top)
+            [Path(run) for run in args.with_runs], args.top, args.toward_start or ())
 
 
 def cmd_plan(args) -> None:
@@ -311,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_int_at_least(2, " (a soup needs two candidates)"),
                    help="--greedy tries only the N candidates with the best logged metric (each try is a pass over "
                         "the validation split and eval sets)")
+    p.add_argument("--toward-start", type=_fraction_list, metavar="FRACTIONS",
+                   help="then move the average back towards the start of training (WiSE-FT; needs model.head_init="
+                        "probe): LoRA's update scaled by each fraction, the head interpolated with the probe's; each "
+                        "scored, the best on --metric written (e.g. 0.3,0.5,0.7,1; 1 is the average itself)")
     p.add_argument("--metric", help="what --greedy chooses on and the table shows, as train.metric_for_best "
                                     "(e.g. mean/accuracy; default the run's own)")
     p.add_argument("--no-test", action="store_true",

@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 from safetensors.torch import load_file
 
 from textlora.commands.compare import key_differences
+from textlora.commands.toward_start import best_toward_start, check_fractions
 from textlora.config import config_from_yaml_file
 from textlora.errors import RunFolderError, TextloraError
 from textlora.run.files import check_output_folder, folder_written_whole, read_json
@@ -240,7 +241,7 @@ def greedy_soup(scorer: Scorer, order: list[Ingredient], source: Path,
 def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional[int] = None, greedy: bool = False,
             output: Optional[Path] = None, device: str = "auto", batch_size: int = 64,
             base_model: Optional[str] = None, metric: Optional[str] = None, test: bool = True,
-            with_runs: Sequence[Path] = (), top: Optional[int] = None) -> Path:
+            with_runs: Sequence[Path] = (), top: Optional[int] = None, toward_start: Sequence[float] = ()) -> Path:
     """Average checkpoints of ``run_dir`` into a new run folder; returns it.
 
     Args:
@@ -249,6 +250,8 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
             ``RUN@1440,1448`` takes only those steps of it.
         top: ``greedy`` tries only the ``top`` candidates with the best logged value (each try is a pass over
             the validation split and eval sets).
+        toward_start: fractions of the way from the start of training to the average, each scored, the best on
+            ``metric`` written (:mod:`textlora.commands.toward_start`; needs ``model.head_init: probe``).
         metric: what greedy chooses on and the table shows, a ``train.metric_for_best`` value (default the run's).
         test: score the config's test split on the model written (``--no-test``: leave it to ``textlora evaluate``).
         output: the folder to write (default ``RUN-avg`` beside the run); an earlier output of this command
@@ -291,7 +294,10 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
     if output.resolve() in {run.resolve() for run in [run_dir, *others]}:
         raise TextloraError(f"--output {output} is a source run; the average goes to a folder of its own")
     check_output_folder(output, SUMMARY_FILE, "--output")  # before the model loads: a refusal costs nothing
-    spec = choice_metric(config_from_yaml_file(run_dir / CONFIG_FILE), metric)
+    config = config_from_yaml_file(run_dir / CONFIG_FILE)
+    if toward_start:
+        check_fractions(toward_start, config.model.head_init)
+    spec = choice_metric(config, metric)
     source_summary = read_json(run_dir / SUMMARY_FILE, required=False, damaged_ok=True)
     scorer = Scorer(run_dir, spec, device, batch_size, base_model)
     # The run's own best model (its checkpoint is always kept), scored by the same code as the average.
@@ -305,17 +311,26 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
         chosen, result, tried = greedy_soup(scorer, order, run_dir, (best, reference) if reference else None)
     else:
         chosen, tried = ingredients, []
-        result = scorer.score(mean_state([load_file(str(i.folder / "trainable.safetensors")) for i in chosen]),
-                              f"mean of {len(chosen)} checkpoints")
+        result = None if toward_start else scorer.score(  # with --toward-start, scored at each fraction below
+            mean_state([load_file(str(i.folder / "trainable.safetensors")) for i in chosen]),
+            f"mean of {len(chosen)} checkpoints")
+    moved = None
+    if toward_start:
+        trained = mean_state([load_file(str(i.folder / "trainable.safetensors")) for i in chosen])
+        fraction, result, fractions_tried = best_toward_start(
+            scorer, trained, toward_start, "the average" if len(chosen) > 1 else chosen[0].label(run_dir))
+        moved = {"fraction": fraction, "tried": {t["label"]: t["value"] for t in fractions_tried}}
     with folder_written_whole(output, SUMMARY_FILE, "--output") as tmp:
-        summary = _write_folder(tmp, run_dir, output, scorer, result, source_summary, chosen, greedy, reference, test)
+        summary = _write_folder(tmp, run_dir, output, scorer, result, source_summary, chosen, greedy, reference, test,
+                                moved)
     print(_table(scorer, summary["averaged"], result, reference, reference_step, tried, summary.get("test_accuracy")))
     print(f"\nwrote {output}")
     return output
 
 
 def _write_folder(tmp: Path, run_dir: Path, output: Path, scorer: Scorer, result: dict, source_summary: dict,
-                  chosen: list[Ingredient], greedy: bool, reference: Optional[dict], test: bool) -> dict:
+                  chosen: list[Ingredient], greedy: bool, reference: Optional[dict], test: bool,
+                  moved: Optional[dict]) -> dict:
     """Fill ``tmp`` (to become the run folder ``output``) with the loaded, averaged model; returns its summary."""
     from textlora.run.metrics import classification_metrics, write_metrics
     from textlora.run.records import save_predictions
@@ -336,6 +351,8 @@ def _write_folder(tmp: Path, run_dir: Path, output: Path, scorer: Scorer, result
             others.setdefault(str(ingredient.run), []).append(ingredient.step)
     if others:
         averaged["with"] = {run: sorted(steps) for run, steps in others.items()}
+    if moved is not None:
+        averaged["toward_start"] = moved
     write_metrics(tmp / EVAL_FILE, {**result["validation"], "split": "validation", "step": step, "averaged": averaged})
     save_predictions(tmp / PREDICTIONS_DIR / "validation.csv", data.validation.texts, data.validation.labels,
                      result["probs"]["validation"], names)
@@ -362,7 +379,8 @@ def _write_folder(tmp: Path, run_dir: Path, output: Path, scorer: Scorer, result
 
 def _title(averaged: dict) -> str:
     count = averaged_count(averaged)
-    return f"average of {count}" if count > 1 else "one checkpoint"
+    moved = averaged.get("toward_start")
+    return (f"average of {count}" if count > 1 else "one checkpoint") + (f" at {moved['fraction']:g}" if moved else "")
 
 
 def _table(scorer: Scorer, averaged: dict, result: dict, reference: Optional[dict], reference_step,
@@ -381,6 +399,11 @@ def _table(scorer: Scorer, averaged: dict, result: dict, reference: Optional[dic
     if tried:
         lines.append("\ngreedy: " + "; ".join(f"{t['label']} {'kept' if t['kept'] else 'left out'} "
                                                f"({t['value']:.4f})" for t in tried))
+    moved = averaged.get("toward_start")
+    if moved:
+        lines.append("\ntoward the start (1: the average, 0: the start): " + "; ".join(
+            f"{fraction} {'kept' if float(fraction) == moved['fraction'] else 'left'} ({value:.4f})"
+            for fraction, value in moved["tried"].items()))
     if test_accuracy is not None:
         lines.append(f"\ntest accuracy of the average: {test_accuracy:.4f} (scored once, not used to choose)")
     return "\n".join(lines)

@@ -31,10 +31,13 @@ REPORT_DIR = "report"
 
 def averaged_checkpoints(averaged: dict) -> str:
     """What a model `textlora average` wrote is the mean of, from its ``summary.json["averaged"]`` record:
-    ``steps 480+1080`` of the run, then ``RUN steps 120+600`` for each run it was averaged with (``--with``)."""
+    ``steps 480+1080`` of the run, then ``RUN steps 120+600`` for each run it was averaged with (``--with``), then
+    the fraction kept where it was moved towards the start of training (``--toward-start``)."""
     parts = [_steps_of(averaged["steps"])] if averaged["steps"] else []
     parts += [f"{run} {_steps_of(steps)}" for run, steps in averaged.get("with", {}).items()]
-    return " and ".join(parts)
+    moved = averaged.get("toward_start")
+    # --toward-start: 1 is the average itself, 0 the start of training (the probe head, no LoRA update).
+    return " and ".join(parts) + (f", interpolated with the start at {moved['fraction']:g}" if moved else "")
 
 
 def _steps_of(steps: list[int]) -> str:
