@@ -77,6 +77,8 @@ def test_a_fraction_scales_lora_update_and_interpolates_the_head(probe_run, tmp_
     summary = json.loads((half / "summary.json").read_text())
     assert summary["averaged"]["toward_start"] == {"fraction": 0.5, "tried": {"0.5": summary["best_value"]}}
     assert averaged_checkpoints(summary["averaged"]).endswith("interpolated with the start at 0.5")
+    unmoved = {**summary["averaged"], "toward_start": {"fraction": 1.0, "tried": {"1": 0.9, "0.5": 0.8}}}
+    assert "interpolated" not in averaged_checkpoints(unmoved) and "not moved" in averaged_checkpoints(unmoved)
 
 
 def test_the_best_fraction_on_the_metric_is_written(probe_run, tmp_path, capsys):
@@ -92,7 +94,8 @@ def test_the_best_fraction_on_the_metric_is_written(probe_run, tmp_path, capsys)
     # A tie keeps the larger fraction: the model nearer what was trained.
     assert moved["fraction"] == max(float(f) for f, v in moved["tried"].items() if v == best)
     assert "toward the start (1: the average, 0: the start)" in printed and "test accuracy of the average" in printed
-    assert re.search(r"interpolated with the start at [01.5]+", printed)
+    kept = "not moved towards the start" if moved["fraction"] == 1 else f"interpolated with the start at {moved['fraction']:g}"
+    assert kept in printed
 
 
 def test_refused_without_a_probed_start_or_outside_zero_to_one(probe_run, tiny_model_dir, tmp_path, capsys):

@@ -380,7 +380,8 @@ def _write_folder(tmp: Path, run_dir: Path, output: Path, scorer: Scorer, result
 def _title(averaged: dict) -> str:
     count = averaged_count(averaged)
     moved = averaged.get("toward_start")
-    return (f"average of {count}" if count > 1 else "one checkpoint") + (f" at {moved['fraction']:g}" if moved else "")
+    return (f"average of {count}" if count > 1 else "one checkpoint") + \
+        (f" at {moved['fraction']:g}" if moved and moved["fraction"] < 1 else "")
 
 
 def _table(scorer: Scorer, averaged: dict, result: dict, reference: Optional[dict], reference_step,

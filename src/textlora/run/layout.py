@@ -37,7 +37,11 @@ def averaged_checkpoints(averaged: dict) -> str:
     parts += [f"{run} {_steps_of(steps)}" for run, steps in averaged.get("with", {}).items()]
     moved = averaged.get("toward_start")
     # --toward-start: 1 is the average itself, 0 the start of training (the probe head, no LoRA update).
-    return " and ".join(parts) + (f", interpolated with the start at {moved['fraction']:g}" if moved else "")
+    if not moved:
+        return " and ".join(parts)
+    if moved["fraction"] == 1:
+        return " and ".join(parts) + " (not moved towards the start: the average itself scored best)"
+    return " and ".join(parts) + f", interpolated with the start at {moved['fraction']:g}"
 
 
 def _steps_of(steps: list[int]) -> str:
