@@ -60,10 +60,12 @@ def _figures(name: str, config: dict, summary: dict, train_rows, epochs) -> dict
         flat["checkpoints"] = f"{averaged['method']} average of {averaged_checkpoints(averaged)}{chosen}"
         if averaged_count(averaged) > 1:  # one named checkpoint (--steps 600) keeps its step
             best_step = f"mean of {averaged_count(averaged)}"
+    moved = (averaged or {}).get("toward_start")
     return {"run": name, "config": flat, "validation": summary.get("validation_accuracy"),
             "sets": sets, "test": summary.get("test_accuracy"), "trainable": summary.get("trainable_params"),
             "train_rows": train_rows, "epochs": epochs,
             "best_step": best_step, "steps": summary.get("steps"),
+            "moved": moved["fraction"] if moved and moved["fraction"] < 1 else None,
             "train_seconds": summary.get("train_seconds"), "wall_seconds": summary.get("wall_seconds"),
             "samples_per_s": summary.get("train_samples_per_s"), "threads": summary.get("cpu_threads"),
             "device": summary.get("device"), "base_dtype": summary.get("base_dtype"),
@@ -118,8 +120,10 @@ def table(runs: list[dict], cost: bool, changes: bool = True) -> str:
             wall = f"{run['wall_seconds'] / 60:.0f} min" if run["wall_seconds"] else None
             # Precision and machine: wall time and samples/s compare only where both are the same.
             compute = " on ".join(part for part in (run["precision"], run["machine"]) if part) or None
-            row += [run["train_rows"], run["epochs"], f"{run['best_step']} of {run['steps']}", compute, wall,
-                    run["samples_per_s"], hours]
+            best = f"{run['best_step']} of {run['steps']}"
+            if run.get("moved"):  # --toward-start: interpolated with the start of training
+                best += f", interpolated with the start at {run['moved']:g}"
+            row += [run["train_rows"], run["epochs"], best, compute, wall, run["samples_per_s"], hours]
         rows.append(row)
     return bc.markdown_table(header, rows)
 
