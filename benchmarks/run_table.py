@@ -121,8 +121,8 @@ def table(runs: list[dict], cost: bool, changes: bool = True) -> str:
             # Precision and machine: wall time and samples/s compare only where both are the same.
             compute = " on ".join(part for part in (run["precision"], run["machine"]) if part) or None
             best = f"{run['best_step']} of {run['steps']}"
-            if run.get("moved"):  # --toward-start: interpolated with the start of training
-                best += f", interpolated with the start at {run['moved']:g}"
+            if run.get("moved"):  # --toward-start: moved back towards the start of training
+                best += f", moved towards the start ({run['moved']:g} of the change kept)"
             row += [run["train_rows"], run["epochs"], best, compute, wall, run["samples_per_s"], hours]
         rows.append(row)
     return bc.markdown_table(header, rows)

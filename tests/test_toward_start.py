@@ -64,6 +64,7 @@ def test_a_fraction_scales_lora_update_and_interpolates_the_head(probe_run, tmp_
     for fraction, out in (("0", start), ("0.5", half)):
         assert main(["average", str(run), "--steps", ",".join(map(str, steps)), "--toward-start", fraction,
                      "--output", str(out), "--no-test"]) == 0
+    assert "average of 2, not moved" in capsys.readouterr().out  # the average before it moved, to compare with
     probe, written = _trainable(start), _trainable(half)
     for name, value in mean.items():
         if ".lora_B." in name:
@@ -76,7 +77,7 @@ def test_a_fraction_scales_lora_update_and_interpolates_the_head(probe_run, tmp_
         torch.testing.assert_close(written[name], expected)
     summary = json.loads((half / "summary.json").read_text())
     assert summary["averaged"]["toward_start"] == {"fraction": 0.5, "tried": {"0.5": summary["best_value"]}}
-    assert averaged_checkpoints(summary["averaged"]).endswith("interpolated with the start at 0.5")
+    assert averaged_checkpoints(summary["averaged"]).endswith("(moved back towards the start: 0.5 of the change kept)")
     unmoved = {**summary["averaged"], "toward_start": {"fraction": 1.0, "tried": {"1": 0.9, "0.5": 0.8}}}
     assert "interpolated" not in averaged_checkpoints(unmoved) and "not moved" in averaged_checkpoints(unmoved)
 
@@ -93,8 +94,10 @@ def test_the_best_fraction_on_the_metric_is_written(probe_run, tmp_path, capsys)
     assert summary["best_value"] == best == moved["tried"][f"{moved['fraction']:g}"]
     # A tie keeps the larger fraction: the model nearer what was trained.
     assert moved["fraction"] == max(float(f) for f, v in moved["tried"].items() if v == best)
-    assert "toward the start (1: the average, 0: the start)" in printed and "test accuracy of the average" in printed
-    kept = "not moved towards the start" if moved["fraction"] == 1 else f"interpolated with the start at {moved['fraction']:g}"
+    assert "toward the start (the fraction of the change kept; 1: the average, 0: the start)" in printed
+    assert "test accuracy of the average" in printed
+    assert "moved towards the start, 1 of the change kept" not in printed  # the soup's own score is reused for 1
+    kept = "not moved towards the start" if moved["fraction"] == 1 else f"{moved['fraction']:g} of the change kept"
     assert kept in printed
 
 
@@ -111,3 +114,11 @@ def test_refused_without_a_probed_start_or_outside_zero_to_one(probe_run, tiny_m
     assert main(["average", str(tmp_path / "runs" / "plain"), "--toward-start", "0.5", "--output", str(out)]) == 2
     assert "needs a run trained with model.head_init=probe" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_fractions_are_labelled_exactly_so_the_kept_one_is_named():
+    from textlora.commands.toward_start import fraction_label
+
+    assert [fraction_label(f) for f in (1.0, 0.5, 0.0)] == ["1", "0.5", "0"]
+    labels = [fraction_label(f) for f in (0.5555555, 0.5555556)]  # ":g" would print both as 0.555556
+    assert len(set(labels)) == 2 and [float(label) for label in labels] == [0.5555555, 0.5555556]

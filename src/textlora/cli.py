@@ -325,10 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the validation split and eval sets)")
     p.add_argument("--toward-start", type=_fraction_list, metavar="FRACTIONS",
                    help="then move the average back towards the start of training (WiSE-FT; needs model.head_init="
-                        "probe): LoRA's update scaled by each fraction, the head interpolated with the probe's; each "
-                        "scored, the best on --metric written (e.g. 0.3,0.5,0.7,1; 1 is the average itself)")
-    p.add_argument("--metric", help="what --greedy chooses on and the table shows, as train.metric_for_best "
-                                    "(e.g. mean/accuracy; default the run's own)")
+                        "probe): each fraction is how much of what training changed is kept (LoRA's update scaled, "
+                        "the head interpolated with the probe's; 0 is the probe alone, 1 the average itself); "
+                        "each scored, the best on --metric written, a tie to the larger (e.g. 0.3,0.5,0.7)")
+    p.add_argument("--metric", help="what --greedy and --toward-start choose on and the table shows, as "
+                                    "train.metric_for_best (e.g. mean/accuracy; default the run's own)")
     p.add_argument("--no-test", action="store_true",
                    help="do not score the config's test split (slow on a base-size model on CPU; `textlora evaluate` "
                         "scores it later)")

@@ -293,10 +293,10 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
     output = Path(output) if output else run_dir.with_name(f"{run_dir.name}-avg")
     if output.resolve() in {run.resolve() for run in [run_dir, *others]}:
         raise TextloraError(f"--output {output} is a source run; the average goes to a folder of its own")
-    check_output_folder(output, SUMMARY_FILE, "--output")  # before the model loads: a refusal costs nothing
     config = config_from_yaml_file(run_dir / CONFIG_FILE)
     if toward_start:
         check_fractions(toward_start, config.model.head_init)
+    check_output_folder(output, SUMMARY_FILE, "--output")  # before the model loads: a refusal costs nothing
     spec = choice_metric(config, metric)
     source_summary = read_json(run_dir / SUMMARY_FILE, required=False, damaged_ok=True)
     scorer = Scorer(run_dir, spec, device, batch_size, base_model)
@@ -311,19 +311,19 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
         chosen, result, tried = greedy_soup(scorer, order, run_dir, (best, reference) if reference else None)
     else:
         chosen, tried = ingredients, []
-        result = None if toward_start else scorer.score(  # with --toward-start, scored at each fraction below
-            mean_state([load_file(str(i.folder / "trainable.safetensors")) for i in chosen]),
-            f"mean of {len(chosen)} checkpoints")
-    moved = None
+        result = scorer.score(mean_state([load_file(str(i.folder / "trainable.safetensors")) for i in chosen]),
+                              f"mean of {len(chosen)} checkpoints")
+    moved, unmoved = None, result
     if toward_start:
         trained = mean_state([load_file(str(i.folder / "trainable.safetensors")) for i in chosen])
         fraction, result, fractions_tried = best_toward_start(
-            scorer, trained, toward_start, "the average" if len(chosen) > 1 else chosen[0].label(run_dir))
+            scorer, trained, toward_start, "the average" if len(chosen) > 1 else chosen[0].label(run_dir), result)
         moved = {"fraction": fraction, "tried": {t["label"]: t["value"] for t in fractions_tried}}
     with folder_written_whole(output, SUMMARY_FILE, "--output") as tmp:
         summary = _write_folder(tmp, run_dir, output, scorer, result, source_summary, chosen, greedy, reference, test,
                                 moved)
-    print(_table(scorer, summary["averaged"], result, reference, reference_step, tried, summary.get("test_accuracy")))
+    print(_table(scorer, summary["averaged"], result, reference, reference_step, tried, summary.get("test_accuracy"),
+                 unmoved))
     print(f"\nwrote {output}")
     return output
 
@@ -385,11 +385,15 @@ def _title(averaged: dict) -> str:
 
 
 def _table(scorer: Scorer, averaged: dict, result: dict, reference: Optional[dict], reference_step,
-           tried: list[dict], test_accuracy: Optional[float]) -> str:
-    """Validation and each eval set's accuracy of the run's best checkpoint and of the average."""
+           tried: list[dict], test_accuracy: Optional[float], unmoved: dict) -> str:
+    """Validation and each eval set's accuracy of the run's best checkpoint and of the average (and, moved towards
+    the start, of the average before it moved)."""
     set_names = list(result["sets"])
-    rows = ([(f"run's best (step {reference_step})", reference)] if reference is not None else []) + \
-        [(_title(averaged), result)]
+    moved = averaged.get("toward_start")
+    rows = [(f"run's best (step {reference_step})", reference)] if reference is not None else []
+    if moved and moved["fraction"] < 1:
+        rows.append((_title({**averaged, "toward_start": None}) + ", not moved", unmoved))
+    rows.append((_title(averaged), result))
     width = max(len(title) for title, _ in rows) + 2
     lines = [f"{'model':<{width}}{'validation':>12}" + "".join(f"{n:>12}" for n in set_names) +
              f"{scorer.spec:>22}"]
@@ -400,11 +404,10 @@ def _table(scorer: Scorer, averaged: dict, result: dict, reference: Optional[dic
     if tried:
         lines.append("\ngreedy: " + "; ".join(f"{t['label']} {'kept' if t['kept'] else 'left out'} "
                                                f"({t['value']:.4f})" for t in tried))
-    moved = averaged.get("toward_start")
     if moved:
-        lines.append("\ntoward the start (1: the average, 0: the start): " + "; ".join(
-            f"{fraction} {'kept' if float(fraction) == moved['fraction'] else 'left'} ({value:.4f})"
-            for fraction, value in moved["tried"].items()))
+        lines.append("\ntoward the start (the fraction of the change kept; 1: the average, 0: the start): " +
+                     "; ".join(f"{fraction} {'kept' if float(fraction) == moved['fraction'] else 'left'} ({value:.4f})"
+                               for fraction, value in moved["tried"].items()))
     if test_accuracy is not None:
         lines.append(f"\ntest accuracy of the average: {test_accuracy:.4f} (scored once, not used to choose)")
     return "\n".join(lines)

@@ -8,8 +8,11 @@ the head is the logistic regression on its features. The interpolated model is t
 ``a`` (B times ``a``; A as trained) and the head ``(1 - a) * probe + a * trained``: the same layout and parameter
 count, a run folder like any other.
 
-The probe is fitted again here, exactly as training fitted it (the same rows, chosen by the run's seed, and its
-regularisation chosen on the same validation split), so no run needs to have saved its start.
+The probe is fitted again here as training fitted it (the same rows, chosen by the run's seed, and its
+regularisation chosen on the same validation split), so no run needs to have saved its start. Its features come
+from the frozen encoder under the precision the run loads with: on a machine that computes otherwise than the one
+that trained (bf16 against fp32), the refitted probe can differ a little; its printed line (C, validation accuracy)
+compares with the train log's.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ def check_fractions(fractions: Sequence[float], head_init: str) -> None:
         raise TextloraError(f"{NEEDS_PROBE} (this run: model.head_init={head_init})")
     bad = [f for f in fractions if not 0.0 <= f <= 1.0]
     if bad:
-        raise TextloraError(f"--toward-start {bad[0]}: each value is the fraction of the fine-tuned model kept, from "
-                            "0 (the start: the probe alone) to 1 (the average as it is), e.g. 0.3,0.5,0.7")
+        raise TextloraError(f"--toward-start {bad[0]}: each value is the fraction of what training changed that is kept, "
+                            "from 0 (the start: the probe alone) to 1 (the average as it is), e.g. 0.3,0.5,0.7")
 
 
 def is_lora_update(name: str) -> bool:
@@ -77,9 +80,17 @@ def interpolated(start: dict, trained: dict, fraction: float) -> dict:
     return state
 
 
-def best_toward_start(scorer, trained: dict, fractions: Sequence[float], title: str) -> tuple[float, dict, list]:
+def fraction_label(fraction: float) -> str:
+    """``0.5``, ``1``: short where that is exact, every digit where it is not (so two fractions never share one)."""
+    short = f"{fraction:g}"
+    return short if float(short) == fraction else repr(fraction)
+
+
+def best_toward_start(scorer, trained: dict, fractions: Sequence[float], title: str,
+                      unmoved: dict) -> tuple[float, dict, list]:
     """Score the model at each fraction on the validation split and eval sets; keep the best on the scorer's metric
-    (a tie keeps the larger fraction: the model nearer what was trained).
+    (a tie keeps the larger fraction: the model nearer what was trained). ``unmoved`` is the score of the average
+    itself, already measured: fraction 1, when it is one of ``fractions``, is not scored again.
 
     Leaves the kept model loaded, to be written. Returns the fraction kept, its score, and one line per fraction
     tried (for the printed table).
@@ -88,8 +99,9 @@ def best_toward_start(scorer, trained: dict, fractions: Sequence[float], title: 
     best, tried = None, []
     for fraction in sorted(set(fractions), reverse=True):
         state = interpolated(start, trained, fraction)
-        score = scorer.score(state, f"{title} moved towards the start, fraction {fraction:g}")
-        tried.append({"label": f"{fraction:g}", "value": score["value"]})
+        score = unmoved if fraction == 1 else \
+            scorer.score(state, f"{title} moved towards the start, {fraction_label(fraction)} of the change kept")
+        tried.append({"label": fraction_label(fraction), "value": score["value"]})
         strictly_better = best is not None and score["value"] != best[2]["value"] and \
             scorer.better_or_equal(score["value"], best[2]["value"])
         if best is None or strictly_better:  # larger fractions come first, so a tie keeps the larger

@@ -36,12 +36,12 @@ def averaged_checkpoints(averaged: dict) -> str:
     parts = [_steps_of(averaged["steps"])] if averaged["steps"] else []
     parts += [f"{run} {_steps_of(steps)}" for run, steps in averaged.get("with", {}).items()]
     moved = averaged.get("toward_start")
-    # --toward-start: 1 is the average itself, 0 the start of training (the probe head, no LoRA update).
+    # --toward-start: the fraction of what training changed that is kept; 1 is the average itself, 0 the start.
     if not moved:
         return " and ".join(parts)
     if moved["fraction"] == 1:
         return " and ".join(parts) + " (not moved towards the start: the average itself scored best)"
-    return " and ".join(parts) + f", interpolated with the start at {moved['fraction']:g}"
+    return " and ".join(parts) + f" (moved back towards the start: {moved['fraction']:g} of the change kept)"
 
 
 def _steps_of(steps: list[int]) -> str:
