@@ -216,11 +216,12 @@ def best_logged_first(ingredients: list[Ingredient], spec: str) -> list[Ingredie
 
 
 def greedy_soup(scorer: Scorer, order: list[Ingredient], source: Path,
-                known: Optional[tuple[Ingredient, dict]] = None) -> tuple[list[Ingredient], dict, list[dict]]:
+                known: Optional[tuple[Ingredient, dict]] = None) -> tuple[list[Ingredient], dict, list[dict], dict]:
     """Greedy soup over ``order`` (best-logged first): each next checkpoint kept only if the mean scores no worse.
 
     ``known``: a checkpoint already scored (the run's best) and its score, not scored again.
-    Returns the ingredients kept, the mean's score, and one line per checkpoint tried (for the printed table).
+    Returns the ingredients kept, the mean's score, one line per checkpoint tried (for the printed table), and the
+    mean itself (left loaded in the model, to be written).
     """
     states = {i: load_file(str(i.folder / "trainable.safetensors")) for i in order}
     kept, tried = [order[0]], []
@@ -233,9 +234,9 @@ def greedy_soup(scorer: Scorer, order: list[Ingredient], source: Path,
         tried.append({"label": ingredient.label(source), "value": candidate["value"], "kept": keep})
         if keep:
             kept, current = kept + [ingredient], candidate
-    # Leave the kept mean loaded, to be written.
-    ckpt.load_trainable(scorer.run.model, mean_state([states[i] for i in kept]), "the averaged weights")
-    return kept, current, tried
+    mean = mean_state([states[i] for i in kept])
+    ckpt.load_trainable(scorer.run.model, mean, "the averaged weights")
+    return kept, current, tried, mean
 
 
 def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional[int] = None, greedy: bool = False,
@@ -308,17 +309,16 @@ def average(run_dir: Path, steps: Optional[Sequence[int]] = None, last: Optional
         scorer.score(load_file(str(best.folder / "trainable.safetensors")), f"the run's best, step {reference_step}")
     if greedy:
         order = best_logged_first(ingredients, scorer.spec)[:top]
-        chosen, result, tried = greedy_soup(scorer, order, run_dir, (best, reference) if reference else None)
+        chosen, result, tried, trained = greedy_soup(scorer, order, run_dir, (best, reference) if reference else None)
     else:
         chosen, tried = ingredients, []
-        result = scorer.score(mean_state([load_file(str(i.folder / "trainable.safetensors")) for i in chosen]),
-                              f"mean of {len(chosen)} checkpoints")
+        trained = mean_state([load_file(str(i.folder / "trainable.safetensors")) for i in chosen])
+        result = scorer.score(trained, f"mean of {len(chosen)} checkpoints")
     moved, unmoved = None, result
     if toward_start:
-        trained = mean_state([load_file(str(i.folder / "trainable.safetensors")) for i in chosen])
         fraction, result, fractions_tried = best_toward_start(
             scorer, trained, toward_start, "the average" if len(chosen) > 1 else chosen[0].label(run_dir), result)
-        moved = {"fraction": fraction, "tried": {t["label"]: t["value"] for t in fractions_tried}}
+        moved = {"fraction": fraction, "tried": fractions_tried}
     with folder_written_whole(output, SUMMARY_FILE, "--output") as tmp:
         summary = _write_folder(tmp, run_dir, output, scorer, result, source_summary, chosen, greedy, reference, test,
                                 moved)

@@ -87,21 +87,21 @@ def fraction_label(fraction: float) -> str:
 
 
 def best_toward_start(scorer, trained: dict, fractions: Sequence[float], title: str,
-                      unmoved: dict) -> tuple[float, dict, list]:
+                      unmoved: dict) -> tuple[float, dict, dict]:
     """Score the model at each fraction on the validation split and eval sets; keep the best on the scorer's metric
     (a tie keeps the larger fraction: the model nearer what was trained). ``unmoved`` is the score of the average
     itself, already measured: fraction 1, when it is one of ``fractions``, is not scored again.
 
-    Leaves the kept model loaded, to be written. Returns the fraction kept, its score, and one line per fraction
-    tried (for the printed table).
+    Leaves the kept model loaded, to be written. Returns the fraction kept, its score, and ``{label: value}`` of
+    every fraction tried (for ``summary.json`` and the printed table).
     """
     start = start_head(scorer, trained)
-    best, tried = None, []
+    best, tried = None, {}
     for fraction in sorted(set(fractions), reverse=True):
         state = interpolated(start, trained, fraction)
         score = unmoved if fraction == 1 else \
             scorer.score(state, f"{title} moved towards the start, {fraction_label(fraction)} of the change kept")
-        tried.append({"label": fraction_label(fraction), "value": score["value"]})
+        tried[fraction_label(fraction)] = score["value"]
         strictly_better = best is not None and score["value"] != best[2]["value"] and \
             scorer.better_or_equal(score["value"], best[2]["value"])
         if best is None or strictly_better:  # larger fractions come first, so a tie keeps the larger
