@@ -25,7 +25,9 @@ from textlora.errors import ConfigError
 from textlora.model.forward import classifier_logits
 from textlora.model.parts import stock_classifier
 
-PROBE_ROWS = 4096  # logistic regression on one pooled vector per text needs no more to settle
+# A sample, not every row: one forward pass over it is cheap, and a start fitted harder to the training rows
+# classifies text unlike them worse (benchmarks/probe_tradeoff.py, docs/robustness.md).
+PROBE_ROWS = 4096
 PROBE_CS = (0.1, 0.3, 1.0, 3.0)  # inverse regularisation strengths tried, chosen on validation
 
 
@@ -37,8 +39,13 @@ def head_linears(model: torch.nn.Module, num_labels: int) -> list[torch.nn.Linea
     return found
 
 
+def probe_rows(count: int, seed: int, limit: int = PROBE_ROWS) -> np.ndarray:
+    """The training rows the probe is fitted on: the first ``limit`` of a permutation ``seed`` draws."""
+    return np.random.default_rng(seed).permutation(count)[:limit]
+
+
 @torch.inference_mode()
-def _features(model, linears, tokens: Tokenized, pad_id: int, device, autocast, cache=None) -> np.ndarray:
+def head_inputs(model, linears, tokens: Tokenized, pad_id: int, device, autocast, cache=None) -> np.ndarray:
     """The head's input vector ``[N, H]`` for every text, in input order (model in eval mode)."""
     caught: list[torch.Tensor] = []
     hooks = [linear.register_forward_pre_hook(lambda module, args: caught.append(args[0].float().cpu()))
@@ -79,11 +86,11 @@ def fit_head_by_probe(model: torch.nn.Module, head: str, num_labels: int, train:
     if not linears:
         raise ConfigError("model.head_init=probe: the model's classifier has no Linear layer with one output per class")
     (train_tokens, train_labels), (val_tokens, val_labels) = train, validation
-    rows = np.random.default_rng(seed).permutation(len(train_tokens.ids))[:PROBE_ROWS]
+    rows = probe_rows(len(train_tokens.ids), seed)
     subset = Tokenized(ids=[train_tokens.ids[i] for i in rows], truncated=0)
-    x_train = _features(model, linears, subset, pad_id, device, autocast)
+    x_train = head_inputs(model, linears, subset, pad_id, device, autocast)
     y_train = np.asarray(train_labels)[rows]
-    x_val = _features(model, linears, val_tokens, pad_id, device, autocast)
+    x_val = head_inputs(model, linears, val_tokens, pad_id, device, autocast)
     fits = [LogisticRegression(C=c, max_iter=2000).fit(x_train, y_train) for c in PROBE_CS]
     scores = [fit.score(x_val, val_labels) for fit in fits]
     best = int(np.argmax(scores))
