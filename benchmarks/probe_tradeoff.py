@@ -37,10 +37,13 @@ def frozen_features(run_dir: Path, device: str, batch_size: int) -> tuple[dict, 
     from textlora.training.head_probe import head_inputs, head_linears
 
     run = load_run(run_dir, device=device, merge=False)  # unmerged: B can be zeroed
+    updates = [param for name, param in run.model.named_parameters() if is_lora_update(name)]
+    if not updates:  # an exported folder has LoRA merged into the encoder: its features are not the frozen ones
+        raise SystemExit(f"probe_tradeoff: {run_dir} holds no LoRA weights to set aside (an exported folder has them "
+                         "merged into the encoder); pass the run folder, or a published copy of it")
     with torch.no_grad():
-        for name, param in run.model.named_parameters():
-            if is_lora_update(name):
-                param.zero_()
+        for param in updates:
+            param.zero_()
     config = run.config
     data = prepare_training_data(config.data, config.train.seed)  # the same carved validation split
     splits = {"validation": data.validation, **data.eval_sets, "train": data.train}
