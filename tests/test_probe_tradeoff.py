@@ -19,3 +19,13 @@ def test_the_row_training_would_choose_is_the_probe_training_fitted(probe_run, c
     assert len(chosen) == 2 and "0.01" not in chosen[0][1]  # chosen among training's Cs only, per row count
     trained_probe = float(re.search(r"head fitted .* C=([\d.]+) .*\(validation accuracy (\d\.\d+)\)", log).group(2))
     assert float(chosen[0][2]) == round(trained_probe, 4)
+
+
+def test_an_exported_folder_is_refused_its_lora_is_merged(tiny_run, tmp_path):
+    import pytest
+
+    from textlora.cli import main
+
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "exported")]) == 0
+    with pytest.raises(SystemExit, match="no LoRA weights to set aside"):
+        probe_tradeoff.main([str(tmp_path / "exported"), "--out", "none"])
