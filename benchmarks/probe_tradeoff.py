@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default="docs/robustness.md", help="markdown page to update, or 'none' to print only")
     args = p.parse_args(argv)
+    if any(count < 0 for count in args.rows) or any(not c > 0 for c in args.cs):
+        p.error("--rows takes counts of 0 (all rows) or more, --cs strengths above 0")
 
     from sklearn.linear_model import LogisticRegression
 
