@@ -78,7 +78,12 @@ def main(argv=None) -> int:
 
     from textlora.training.head_probe import probe_rows
 
-    features, config, seed = frozen_features(args.run, args.device, args.batch_size)
+    from textlora.errors import TextloraError
+
+    try:
+        features, config, seed = frozen_features(args.run, args.device, args.batch_size)
+    except TextloraError as exc:  # a folder that is not a run, data that moved: one line, not a traceback
+        p.error(str(exc))
     x_train, y_train = features.pop("train")
     sets = [name for name in features if name not in ("validation", "test")]
     table = []
