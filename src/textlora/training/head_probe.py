@@ -15,6 +15,7 @@ regularisation of the probe is chosen on the validation split, never on test.
 from __future__ import annotations
 
 import contextlib
+from typing import Optional
 
 import numpy as np
 import torch
@@ -25,8 +26,8 @@ from textlora.errors import ConfigError
 from textlora.model.forward import classifier_logits
 from textlora.model.parts import stock_classifier
 
-# A sample, not every row: one forward pass over it is cheap, and a start fitted harder to the training rows
-# classifies text unlike them worse (benchmarks/probe_tradeoff.py, docs/robustness.md).
+# A sample, so the probe costs one forward pass over few rows. With C chosen on validation, more rows choose weaker
+# regularisation, which classifies text unlike the training rows worse (benchmarks/probe_tradeoff.py).
 PROBE_ROWS = 4096
 PROBE_CS = (0.1, 0.3, 1.0, 3.0)  # inverse regularisation strengths tried, chosen on validation
 
@@ -39,9 +40,15 @@ def head_linears(model: torch.nn.Module, num_labels: int) -> list[torch.nn.Linea
     return found
 
 
-def probe_rows(count: int, seed: int, limit: int = PROBE_ROWS) -> np.ndarray:
-    """The training rows the probe is fitted on: the first ``limit`` of a permutation ``seed`` draws."""
-    return np.random.default_rng(seed).permutation(count)[:limit]
+def probe_rows(count: int, seed: int, limit: Optional[int] = None) -> np.ndarray:
+    """The training rows the probe is fitted on: the first ``limit`` (default :data:`PROBE_ROWS`) of a
+    permutation ``seed`` draws, so a larger sample holds every row of a smaller one."""
+    return np.random.default_rng(seed).permutation(count)[:PROBE_ROWS if limit is None else limit]
+
+
+def fit_probe(features: np.ndarray, labels, c: float) -> LogisticRegression:
+    """Logistic regression at inverse regularisation strength ``c``, as training fits each probe it tries."""
+    return LogisticRegression(C=c, max_iter=2000).fit(features, labels)
 
 
 @torch.inference_mode()
@@ -91,7 +98,7 @@ def fit_head_by_probe(model: torch.nn.Module, head: str, num_labels: int, train:
     x_train = head_inputs(model, linears, subset, pad_id, device, autocast)
     y_train = np.asarray(train_labels)[rows]
     x_val = head_inputs(model, linears, val_tokens, pad_id, device, autocast)
-    fits = [LogisticRegression(C=c, max_iter=2000).fit(x_train, y_train) for c in PROBE_CS]
+    fits = [fit_probe(x_train, y_train, c) for c in PROBE_CS]
     scores = [fit.score(x_val, val_labels) for fit in fits]
     best = int(np.argmax(scores))
     fit = fits[best]
