@@ -3,8 +3,9 @@
     python benchmarks/probe_tradeoff.py published/agnews-mpnet-best --out docs/robustness.md
     python benchmarks/probe_tradeoff.py runs/quickstart-robust --rows 1024 4096 --cs 0.1 1 --out none
 
-``model.head_init: probe`` starts training from logistic regression on the frozen encoder's features of 4,096
-training rows, its regularisation chosen on the validation split. This asks what fitting such a probe harder to
+``model.head_init: probe`` starts training from logistic regression on the frozen encoder's features of a sample
+of training rows (``model.probe_rows``, 4,096 by default), its regularisation chosen on the validation split among
+``model.probe_cs``. This asks what fitting such a probe harder to
 the training data (more rows, a larger C) does to each set. The run folder gives the model, the data, the seed and
 the eval sets; its LoRA update is set to zero (the encoder as it was before training). Every (rows, C) pair is
 fitted on the first rows of the permutation training draws and scored on the validation split, each eval set and,
@@ -132,7 +133,8 @@ def main(argv=None) -> int:
     available = len(features.train[1])
     counts = sorted({min(count or available, available) for count in args.rows})  # beyond the train split: all
     probed = config.model.head_init == "probe"
-    own = (min(PROBE_ROWS, available), PROBE_CS) if probed else (None, ())
+    own_rows = config.model.probe_rows  # the run's own probe: its rows (0: all) and the Cs it tried
+    own = (min(own_rows or available, available), tuple(config.model.probe_cs)) if probed else (None, ())
     table = probe_table(features, counts, args.cs, own)
 
     sets = list(features.sets)

@@ -61,3 +61,23 @@ def test_training_from_a_probed_head_logs_it(tmp_path, tiny_model_dir, capsys):
     out = capsys.readouterr().out
     assert re.search(r"head fitted on the frozen encoder before training \(model.head_init=probe\): logistic "
                      r"regression on \d+ training rows, C=[\d.]+ chosen on validation", out)
+
+
+def test_training_fits_the_probe_on_the_rows_and_strengths_the_config_names(tmp_path, tiny_model_dir, capsys):
+    config = write_tiny_config(tmp_path / "probe.yaml", tiny_model_dir, tmp_path / "runs", "probe")
+    assert main(["train", "--config", str(config), "model.head=mean", "model.head_init=probe",
+                 "model.probe_rows=50", "model.probe_cs=[0.02]", "train.max_steps=2"]) == 0
+    assert "logistic regression on 50 training rows, C=0.02 chosen on validation" in capsys.readouterr().out
+    assert main(["train", "--config", str(config), "model.head=mean", "model.head_init=probe",
+                 "model.probe_rows=0", "train.max_steps=2", "train.run_name=all"]) == 0
+    assert "logistic regression on 202 training rows" in capsys.readouterr().out  # 0: every row of the split
+
+
+@pytest.mark.parametrize("override, message", [("model.probe_rows=-1", "'model.probe_rows': must be >= 0"),
+                                               ("model.probe_cs=[]", "'model.probe_cs': name at least one"),
+                                               ("model.probe_cs=[0.1,0]", "'model.probe_cs': name at least one")])
+def test_probe_rows_and_strengths_are_checked(tmp_path, tiny_model_dir, capsys, override, message):
+    config = write_tiny_config(tmp_path / "probe.yaml", tiny_model_dir, tmp_path / "runs", "probe")
+    assert main(["train", "--config", str(config), "model.head=mean", "model.head_init=probe", override]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "probe").exists()

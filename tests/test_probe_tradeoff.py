@@ -32,14 +32,14 @@ def _training_probe(run_dir):
         run.model, config.model.head, run.label_map.num_labels,
         (tokenize(run.tokenizer, data.train.texts, length), data.train.labels),
         (tokenize(run.tokenizer, data.validation.texts, length), data.validation.labels),
-        run.tokenizer.pad_token_id, run.device, autocast_factory(run.device, run.precision), config.train.seed)
+        run.tokenizer.pad_token_id, run.device, autocast_factory(run.device, run.precision), config.train.seed,
+        FEWER, config.model.probe_cs)
     linear = head_probe.head_linears(run.model, run.label_map.num_labels)[0]
     return linear.weight.detach().numpy().copy(), linear.bias.detach().numpy().copy(), line
 
 
-def test_the_marked_probe_is_training_own_fitted_on_the_same_rows_with_the_same_c(probe_run, monkeypatch):  # noqa: F811
+def test_the_marked_probe_is_training_own_fitted_on_the_same_rows_with_the_same_c(probe_run):  # noqa: F811
     run, _ = probe_run
-    monkeypatch.setattr(head_probe, "PROBE_ROWS", FEWER)
     weight, bias, line = _training_probe(run)
     trained_c = float(re.search(r"C=([\d.]+) chosen", line).group(1))
 

@@ -164,6 +164,13 @@ class ModelConfig:
     the validation split; then LoRA and head train together from there: LP-FT, which moves the encoder less and
     keeps more accuracy on text unlike the training rows, docs/robustness.md). ``probe`` needs ``model.head`` linear
     or mean."""
+    probe_rows: int = 4096
+    """With ``head_init: probe``: how many training rows (a sample the seed draws; 0: every row) the probe is fitted
+    on. One forward pass over them runs before training."""
+    probe_cs: List[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0])
+    """With ``head_init: probe``: the inverse regularisation strengths (logistic regression's C) tried; the one with
+    the best validation accuracy is kept. Smaller is stronger: it keeps more accuracy on text unlike the training
+    rows (``benchmarks/probe_tradeoff.py``, docs/robustness.md)."""
     base_dtype: str = "auto"
     """Dtype the frozen pretrained weights are stored in: ``auto`` (bf16 where the hardware multiplies bf16 natively:
     CUDA compute capability 8+, CPUs with avx512_bf16 or AMX; fp16 on older GPUs under fp16 autocast; fp32 elsewhere
@@ -186,6 +193,9 @@ class ModelConfig:
         if self.head_init == "probe":
             _require(self.head in ("linear", "mean"), "model.head_init",
                      "probe needs model.head linear or mean (one Linear the probe can fit)")
+        _require(self.probe_rows >= 0, "model.probe_rows", "must be >= 0 (0: every training row)")
+        _require(len(self.probe_cs) > 0 and all(c > 0 for c in self.probe_cs), "model.probe_cs",
+                 "name at least one strength, each > 0 (e.g. [0.1, 0.3, 1.0, 3.0])")
         _one_of(self.base_dtype, "model.base_dtype", ("auto", "fp32", "bf16", "fp16"))
         if self.layers is not None:
             parse_layer_range(self.layers, "model.layers")

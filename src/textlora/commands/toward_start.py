@@ -61,7 +61,8 @@ def start_head(scorer, trained: dict) -> dict:
     note = fit_head_by_probe(run.model, run.config.model.head, run.label_map.num_labels,
                              (tokenize(run.tokenizer, data.train.texts, length), data.train.labels),
                              (tokenize(run.tokenizer, data.validation.texts, length), data.validation.labels),
-                             pad_id, run.device, autocast_factory(run.device, run.precision), run.config.train.seed)
+                             pad_id, run.device, autocast_factory(run.device, run.precision), run.config.train.seed,
+                             run.config.model.probe_rows, run.config.model.probe_cs)
     print(note.replace("[train] head fitted", "[average] the start's head fitted again", 1), flush=True)
     params = dict(run.model.named_parameters())
     return {name: params[name].detach().float().clone() for name in trained if ".lora_" not in name}

@@ -15,7 +15,7 @@ regularisation of the probe is chosen on the validation split, never on test.
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,10 +26,11 @@ from textlora.errors import ConfigError
 from textlora.model.forward import classifier_logits
 from textlora.model.parts import stock_classifier
 
-# A sample, so the probe costs one forward pass over few rows. With C chosen on validation, more rows choose weaker
-# regularisation, which classifies text unlike the training rows worse (benchmarks/probe_tradeoff.py).
+# The defaults of model.probe_rows and model.probe_cs. A sample, so the probe costs one forward pass over few rows;
+# with C chosen on validation, more rows choose weaker regularisation, which classifies text unlike the training
+# rows worse (benchmarks/probe_tradeoff.py).
 PROBE_ROWS = 4096
-PROBE_CS = (0.1, 0.3, 1.0, 3.0)  # inverse regularisation strengths tried, chosen on validation
+PROBE_CS = (0.1, 0.3, 1.0, 3.0)
 
 
 def head_linears(model: torch.nn.Module, num_labels: int) -> list[torch.nn.Linear]:
@@ -41,9 +42,10 @@ def head_linears(model: torch.nn.Module, num_labels: int) -> list[torch.nn.Linea
 
 
 def probe_rows(count: int, seed: int, limit: Optional[int] = None) -> np.ndarray:
-    """The training rows the probe is fitted on: the first ``limit`` (default :data:`PROBE_ROWS`) of a
+    """The training rows the probe is fitted on: the first ``limit`` (default :data:`PROBE_ROWS`; 0: all) of a
     permutation ``seed`` draws, so a larger sample holds every row of a smaller one."""
-    return np.random.default_rng(seed).permutation(count)[:PROBE_ROWS if limit is None else limit]
+    limit = PROBE_ROWS if limit is None else limit
+    return np.random.default_rng(seed).permutation(count)[:limit or count]
 
 
 def fit_probe(features: np.ndarray, labels, c: float) -> LogisticRegression:
@@ -79,9 +81,11 @@ def head_inputs(model, linears, tokens: Tokenized, pad_id: int, device, autocast
 
 def fit_head_by_probe(model: torch.nn.Module, head: str, num_labels: int, train: tuple[Tokenized, list[int]],
                       validation: tuple[Tokenized, list[int]], pad_id: int, device: torch.device,
-                      autocast=contextlib.nullcontext, seed: int = 0) -> str:
+                      autocast=contextlib.nullcontext, seed: int = 0, rows: Optional[int] = None,
+                      cs: Sequence[float] = PROBE_CS) -> str:
     """Set the head's last Linear to the logistic regression that classifies the frozen features best on
-    ``validation`` (fit on up to :data:`PROBE_ROWS` rows of ``train``); returns one line for the train log.
+    ``validation``: fit on ``rows`` rows of ``train`` (``model.probe_rows``: default :data:`PROBE_ROWS`, 0 all of
+    them) at each strength in ``cs`` (``model.probe_cs``). Returns one line for the train log.
 
     Raises:
         ConfigError: the head is not one Linear on a pooled vector (``model.head`` standard).
@@ -93,12 +97,12 @@ def fit_head_by_probe(model: torch.nn.Module, head: str, num_labels: int, train:
     if not linears:
         raise ConfigError("model.head_init=probe: the model's classifier has no Linear layer with one output per class")
     (train_tokens, train_labels), (val_tokens, val_labels) = train, validation
-    rows = probe_rows(len(train_tokens.ids), seed)
+    rows = probe_rows(len(train_tokens.ids), seed, rows)
     subset = Tokenized(ids=[train_tokens.ids[i] for i in rows], truncated=0)
     x_train = head_inputs(model, linears, subset, pad_id, device, autocast)
     y_train = np.asarray(train_labels)[rows]
     x_val = head_inputs(model, linears, val_tokens, pad_id, device, autocast)
-    fits = [fit_probe(x_train, y_train, c) for c in PROBE_CS]
+    fits = [fit_probe(x_train, y_train, c) for c in cs]
     scores = [fit.score(x_val, val_labels) for fit in fits]
     best = int(np.argmax(scores))
     fit = fits[best]
@@ -113,5 +117,5 @@ def fit_head_by_probe(model: torch.nn.Module, head: str, num_labels: int, train:
             linear.weight.copy_(torch.from_numpy(weight))
             linear.bias.copy_(torch.from_numpy(bias))
     return (f"[train] head fitted on the frozen encoder before training (model.head_init=probe): logistic "
-            f"regression on {len(rows):,} training rows, C={PROBE_CS[best]} chosen on validation "
+            f"regression on {len(rows):,} training rows, C={cs[best]:g} chosen on validation "
             f"(validation accuracy {scores[best]:.4f})")

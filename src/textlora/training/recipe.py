@@ -156,7 +156,8 @@ def setup(config: RunConfig, config_name: str = "run", resume: Optional[Path] = 
     if config.model.head_init == "probe" and resume is None:
         note = fit_head_by_probe(accelerator.unwrap_model(model), config.model.head, data.label_map.num_labels,
                                  (train_tokens, data.train.labels), (val_tokens, data.validation.labels),
-                                 tokenizer.pad_token_id, accelerator.device, accelerator.autocast, config.train.seed)
+                                 tokenizer.pad_token_id, accelerator.device, accelerator.autocast, config.train.seed,
+                                 config.model.probe_rows, config.model.probe_cs)
         if main:
             print(note)
     loader = make_loader(train_tokens, data.train.labels, config.train.batch_size, tokenizer.pad_token_id,
