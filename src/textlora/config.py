@@ -129,6 +129,11 @@ class DataConfig:
             _require(self.min_words <= self.max_words, "data.min_words", "must be <= data.max_words")
 
 
+# model.head_init=probe's defaults: a sample of rows, and strengths from strong to weak (training/head_probe.py).
+PROBE_ROWS = 4096
+PROBE_CS = (0.1, 0.3, 1.0, 3.0)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The encoder and its LoRA adapter."""
@@ -164,10 +169,10 @@ class ModelConfig:
     the validation split; then LoRA and head train together from there: LP-FT, which moves the encoder less and
     keeps more accuracy on text unlike the training rows, docs/robustness.md). ``probe`` needs ``model.head`` linear
     or mean."""
-    probe_rows: int = 4096
+    probe_rows: int = PROBE_ROWS
     """With ``head_init: probe``: how many training rows (a sample the seed draws; 0: every row) the probe is fitted
     on. One forward pass over them runs before training."""
-    probe_cs: List[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0])
+    probe_cs: List[float] = field(default_factory=lambda: list(PROBE_CS))
     """With ``head_init: probe``: the inverse regularisation strengths (logistic regression's C) tried; the one with
     the best validation accuracy is kept. Smaller is stronger: it keeps more accuracy on text unlike the training
     rows (``benchmarks/probe_tradeoff.py``, docs/robustness.md)."""

@@ -26,11 +26,10 @@ from textlora.errors import ConfigError
 from textlora.model.forward import classifier_logits
 from textlora.model.parts import stock_classifier
 
-# The defaults of model.probe_rows and model.probe_cs. A sample, so the probe costs one forward pass over few rows;
-# with C chosen on validation, more rows choose weaker regularisation, which classifies text unlike the training
-# rows worse (benchmarks/probe_tradeoff.py).
-PROBE_ROWS = 4096
-PROBE_CS = (0.1, 0.3, 1.0, 3.0)
+# model.probe_rows and model.probe_cs's defaults. A sample, so the probe costs one forward pass over few rows; with C
+# chosen on validation, more rows choose weaker regularisation, which classifies text unlike the training rows worse
+# (benchmarks/probe_tradeoff.py).
+from textlora.config import PROBE_CS, PROBE_ROWS  # re-exported: the benchmark and tests read them here
 
 
 def head_linears(model: torch.nn.Module, num_labels: int) -> list[torch.nn.Linear]:
@@ -97,10 +96,10 @@ def fit_head_by_probe(model: torch.nn.Module, head: str, num_labels: int, train:
     if not linears:
         raise ConfigError("model.head_init=probe: the model's classifier has no Linear layer with one output per class")
     (train_tokens, train_labels), (val_tokens, val_labels) = train, validation
-    rows = probe_rows(len(train_tokens.ids), seed, rows)
-    subset = Tokenized(ids=[train_tokens.ids[i] for i in rows], truncated=0)
+    drawn = probe_rows(len(train_tokens.ids), seed, rows)
+    subset = Tokenized(ids=[train_tokens.ids[i] for i in drawn], truncated=0)
     x_train = head_inputs(model, linears, subset, pad_id, device, autocast)
-    y_train = np.asarray(train_labels)[rows]
+    y_train = np.asarray(train_labels)[drawn]
     x_val = head_inputs(model, linears, val_tokens, pad_id, device, autocast)
     fits = [fit_probe(x_train, y_train, c) for c in cs]
     scores = [fit.score(x_val, val_labels) for fit in fits]
@@ -117,5 +116,5 @@ def fit_head_by_probe(model: torch.nn.Module, head: str, num_labels: int, train:
             linear.weight.copy_(torch.from_numpy(weight))
             linear.bias.copy_(torch.from_numpy(bias))
     return (f"[train] head fitted on the frozen encoder before training (model.head_init=probe): logistic "
-            f"regression on {len(rows):,} training rows, C={cs[best]:g} chosen on validation "
+            f"regression on {len(drawn):,} training rows, C={cs[best]:g} chosen on validation "
             f"(validation accuracy {scores[best]:.4f})")
